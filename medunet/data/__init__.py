@@ -1,0 +1,5 @@
+"""Dataset layouts -> datalist, splits and folds, checks, fingerprint, synthetic phantoms."""
+
+from medunet.data.datalist import Case, Datalist
+
+__all__ = ["Case", "Datalist"]

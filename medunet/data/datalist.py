@@ -1,0 +1,59 @@
+"""The one datalist form every dataset layout is read into."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: image channel files (one per modality channel) and an optional label file."""
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+    def to_monai(self) -> dict[str, object]:
+        """The MONAI dictionary form: ``{"image": str | [str, ...], "label": str, "case_id": str}``."""
+        item: dict[str, object] = {
+            "case_id": self.case_id,
+            "image": str(self.images[0]) if len(self.images) == 1 else [str(p) for p in self.images],
+        }
+        if self.label is not None:
+            item["label"] = str(self.label)
+        return item
+
+
+@dataclass
+class Datalist:
+    """A dataset in memory: where it lives, its channels and label names, and its cases.
+
+    ``labels`` maps integer value -> name and always includes ``0: "background"``.
+    ``modalities`` maps channel index -> modality name (``"CT"``, ``"MR"``, ``"T2"``...).
+    """
+
+    name: str
+    root: Path
+    labels: dict[int, str]
+    modalities: dict[int, str]
+    training: list[Case] = field(default_factory=list)
+    test: list[Case] = field(default_factory=list)
+    layout: str = "decathlon"
+
+    @property
+    def organ_names(self) -> list[str]:
+        """Foreground label names ordered by label value (what per-organ metrics are named after)."""
+        return [self.labels[k] for k in sorted(self.labels) if k != 0]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output channels a network needs (background included)."""
+        return max(self.labels) + 1
+
+    @property
+    def is_ct(self) -> bool:
+        return self.modalities.get(0, "").upper() == "CT"
+
+    def to_monai(self, cases: list[Case] | None = None) -> list[dict[str, object]]:
+        return [c.to_monai() for c in (self.training if cases is None else cases)]

@@ -1,0 +1,58 @@
+"""Typed errors. Every error that reaches a user names the file (or case) and the problem.
+
+Library code raises these instead of letting a traceback from nibabel, pydicom or torch escape, so a
+batch can report all failures at the end and a user knows which file to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedunetError(Exception):
+    """Base class: ``MedunetError(path, problem)`` renders as ``"<path>: <problem>"``."""
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+
+class InvalidImageError(MedunetError):
+    """A file is unreadable, truncated, has the wrong format, dimensionality or non-finite values."""
+
+
+class GeometryError(MedunetError):
+    """Geometry is unusable: non-orthonormal direction, sheared or tilted grid, absurd spacing."""
+
+
+class GeometryMismatchError(MedunetError):
+    """Two images that must share a grid (image and label, mask and source) do not."""
+
+
+class LabelError(MedunetError):
+    """A label map holds values that the dataset does not declare, or is not integer."""
+
+
+class DatasetError(MedunetError):
+    """A dataset layout is missing files or is malformed (dataset.json, CSV, folder pairs)."""
+
+
+class DicomError(MedunetError):
+    """A DICOM file or series cannot be read as a volume."""
+
+
+class UnsupportedSeriesError(DicomError):
+    """A DICOM series of a kind medunet refuses rather than misreads (tilt, mosaic, 4D, gaps...)."""
+
+
+class MissingDecoderError(DicomError):
+    """Pixel data uses a transfer syntax whose decoder plugin is not installed."""
+
+
+class CheckpointError(MedunetError):
+    """A checkpoint is missing, damaged or does not match the model."""
+
+
+class ConfigError(MedunetError):
+    """A configuration value is invalid (unknown network, bad override)."""

@@ -1,0 +1,49 @@
+"""Shared fixtures and skip markers (MONAI-style: no CUDA, no real data, optional modules)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDUNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+OPENKBP = SHARED_DATA / "openkbp_hn_ct"
+DICOM_QA = SHARED_DATA / "dicom_qa"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords and not _has_cuda():
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def openkbp_dir() -> Path:
+    if not (OPENKBP / "dataset.json").is_file():
+        pytest.skip(f"real data absent: {OPENKBP} (../shared/data is not next to the checkout)")
+    return OPENKBP
+
+
+@pytest.fixture(scope="session")
+def dicom_qa_dir() -> Path:
+    if not DICOM_QA.is_dir():
+        pytest.skip(f"real data absent: {DICOM_QA} (../shared/data is not next to the checkout)")
+    return DICOM_QA
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
