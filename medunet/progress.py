@@ -12,7 +12,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, disable: bool | None = None) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], *, desc: str, total: int | None = None, disable: bool | None = None
+) -> Iterator[T]:
     """Wrap ``iterable`` in a progress bar on stderr (hidden when stderr is not a terminal unless forced)."""
     if disable is None:
         disable = not sys.stderr.isatty()

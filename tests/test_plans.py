@@ -5,8 +5,13 @@ from medunet.plans import Intensity, Plans
 
 
 def test_plans_roundtrip(tmp_path):
-    p = Plans(labels={0: "background", 1: "liver", 3: "kidney"}, target_spacing=(1.5, 1.5, 2.0), patch_size=(64, 64, 32),
-              intensity=Intensity("ct_window", -100, 200), network_kwargs={"channels": [8, 16]})
+    p = Plans(
+        labels={0: "background", 1: "liver", 3: "kidney"},
+        target_spacing=(1.5, 1.5, 2.0),
+        patch_size=(64, 64, 32),
+        intensity=Intensity("ct_window", -100, 200),
+        network_kwargs={"channels": [8, 16]},
+    )
     path = p.save(tmp_path / "plans.json")
     q = Plans.load(path)
     assert q == p

@@ -25,11 +25,14 @@ COMMAND_MODULES = (
     "medunet.cli.dicom",
     "medunet.cli.predict",
     "medunet.cli.review",
+    "medunet.cli.networks",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medunet", description="Organ segmentation for CT and MRI: data, training, inference, review.")
+    parser = argparse.ArgumentParser(
+        prog="medunet", description="Organ segmentation for CT and MRI: data, training, inference, review."
+    )
     parser.add_argument("--version", action="version", version=f"medunet {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

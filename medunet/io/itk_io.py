@@ -20,8 +20,12 @@ def read_itk(path: str | Path) -> Volume:
     if img.GetDimension() != 3:
         raise InvalidImageError(path, f"expected a 3D image, got {img.GetDimension()}D")
     # SimpleITK arrays are (k, j, i); Volume arrays are (i, j, k).
-    array = np.transpose(sitk.GetArrayFromImage(img), (2, 1, 0) if img.GetNumberOfComponentsPerPixel() == 1 else (2, 1, 0, 3))
-    affine = lps_to_ras_affine(np.array(img.GetSpacing()), np.array(img.GetOrigin()), np.array(img.GetDirection()))
+    array = np.transpose(
+        sitk.GetArrayFromImage(img), (2, 1, 0) if img.GetNumberOfComponentsPerPixel() == 1 else (2, 1, 0, 3)
+    )
+    affine = lps_to_ras_affine(
+        np.array(img.GetSpacing()), np.array(img.GetOrigin()), np.array(img.GetDirection())
+    )
     return Volume(array=array, affine=affine, source=str(path))
 
 

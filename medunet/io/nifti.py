@@ -49,7 +49,9 @@ def read_nifti(path: str | Path, *, check_finite: bool = True) -> Volume:
     try:
         data = np.asanyarray(img.dataobj).reshape(shape)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InvalidImageError(path, f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})") from None
+        raise InvalidImageError(
+            path, f"truncated or corrupt voxel data ({type(exc).__name__}: {exc})"
+        ) from None
     if check_finite and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InvalidImageError(path, f"contains {n_bad} NaN/Inf voxel values")
@@ -59,7 +61,9 @@ def read_nifti(path: str | Path, *, check_finite: bool = True) -> Volume:
     return Volume(array=data, affine=affine, source=str(path))
 
 
-def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray, *, dtype: np.dtype | type | None = None) -> Path:
+def write_nifti(
+    path: str | Path, array: np.ndarray, affine: np.ndarray, *, dtype: np.dtype | type | None = None
+) -> Path:
     """Write ``array`` on grid ``affine`` to ``path`` atomically, with matching qform and sform (code 1).
 
     Setting both to the same affine with the same code means nibabel, ITK and ITK-SNAP all read the

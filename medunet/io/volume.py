@@ -90,6 +90,8 @@ def ras_affine_to_lps(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 def lps_to_ras_affine(spacing: np.ndarray, origin: np.ndarray, direction: np.ndarray) -> np.ndarray:
     """Build a RAS affine from ITK's LPS ``spacing``, ``origin`` and 3x3 ``direction`` (columns = axes)."""
     lps = np.eye(4)
-    lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(spacing, dtype=np.float64)
+    lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) * np.asarray(
+        spacing, dtype=np.float64
+    )
     lps[:3, 3] = np.asarray(origin, dtype=np.float64)
     return RAS_TO_LPS @ lps
