@@ -7,15 +7,19 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_QUIET ?= -q
+# pipefail: a failing pip fails the target; the filter only hides harmless mirror-config warnings.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+FILTER := { grep -v "^WARNING: Location" || true; }
 
 .PHONY: setup demo test test-all lint bench-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install $(PIP_QUIET) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch" 
-	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(FILTER)
+	$(PY) -m pip install $(PIP_QUIET) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" 2>&1 | $(FILTER)
+	$(PY) -c "import torch"
+	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | $(FILTER)
 	$(PY) -c "import medunet, monai, mlflow, pydicom"
 	touch $@
 
