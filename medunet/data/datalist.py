@@ -40,6 +40,9 @@ class Datalist:
     training: list[Case] = field(default_factory=list)
     test: list[Case] = field(default_factory=list)
     layout: str = "decathlon"
+    #: Things a user should know about how the layout was read (labels derived from values, 4D
+    #: multi-channel files our 3D readers refuse...). Logged as warnings when the dataset is loaded.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def organ_names(self) -> list[str]:
@@ -54,6 +57,11 @@ class Datalist:
     @property
     def is_ct(self) -> bool:
         return self.modalities.get(0, "").upper() == "CT"
+
+    @property
+    def cases(self) -> list[Case]:
+        """Training cases followed by test cases."""
+        return [*self.training, *self.test]
 
     def to_monai(self, cases: list[Case] | None = None) -> list[dict[str, object]]:
         return [c.to_monai() for c in (self.training if cases is None else cases)]
