@@ -220,7 +220,7 @@ def test_uncertainty_and_probabilities_on_source_grid() -> None:
     assert pred.uncertainty is not None and pred.probabilities is not None
     assert pred.uncertainty.shape == lab_src.shape
     assert pred.probabilities.shape == (3, *lab_src.shape)
-    assert 0.0 <= pred.uncertainty.min() and pred.uncertainty.max() <= 1.0 + 1e-6
+    assert pred.uncertainty.min() >= 0.0 and pred.uncertainty.max() <= 1.0 + 1e-6
     p = np.array([0.5, 0.5, np.exp(-50 * 0.75**2 + 50 * 0.25**2)])
     p /= p.sum()
     assert pred.uncertainty[0, 0, 0] == pytest.approx(-(p * np.log(p)).sum() / np.log(3), rel=1e-3)
@@ -257,3 +257,24 @@ def test_keep_largest_component_and_fill_holes() -> None:
     assert (filled[13:15, 5:7, 5:7] == 2).all()
     assert (filled == 1).sum() == (out == 1).sum()
     assert filled[11, 3, 3] == 2  # the dropped speck left a cavity enclosed by organ 2
+
+
+@pytest.mark.parametrize("kind", ["ct_window", "zscore_nonzero"])
+def test_fast_preprocessing_equals_training_inference_transforms(kind: str, tmp_path) -> None:
+    """The predictor's tensor path sees the voxels the training pipeline (medunet.transforms) produces."""
+    transforms = pytest.importorskip("medunet.transforms")
+    rng = np.random.default_rng(3)
+    arr, affine = variant("pli", rng.integers(-200, 300, (14, 12, 10)).astype(np.int16))
+    arr[:2] = 0  # some exact zeros for the MR z-score mask
+    path = write_nifti(tmp_path / "img.nii.gz", arr, affine)
+    plans = Plans(
+        labels=LABELS,
+        target_spacing=(1.5, 0.7, 1.3),
+        patch_size=(16, 16, 16),
+        intensity=Intensity(kind, -100.0, 200.0),
+    )
+    ref = transforms.inference_transforms(plans)({"image": str(path)})["image"]
+    ours, grid = Predictor(BandNet(), plans, device="cpu").preprocess(Volume(arr, affine))
+    assert tuple(ref.shape[1:]) == grid.resampled_shape
+    np.testing.assert_allclose(ours[0].numpy(), np.asarray(ref), atol=1e-4)
+    np.testing.assert_allclose(grid.resampled_affine, np.asarray(ref.affine), atol=1e-6)
