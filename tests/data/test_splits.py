@@ -1,0 +1,105 @@
+"""Splits and k-fold: deterministic by seed, order-independent, stable when cases are added."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medunet.data.datalist import Case
+from medunet.data.splits import case_hash, fold_assignment, kfold, split_cases
+from medunet.errors import ConfigError
+
+
+def _cases(n: int, start: int = 0) -> list[Case]:
+    return [
+        Case(f"case_{i:03d}", (Path(f"img/case_{i:03d}.nii.gz"),), Path(f"lab/{i}.nii.gz"))
+        for i in range(start, start + n)
+    ]
+
+
+def _where(split) -> dict[str, str]:  # noqa: ANN001
+    return {cid: name for name, ids in split.ids().items() for cid in ids}
+
+
+def test_split_is_a_deterministic_partition() -> None:
+    cases = _cases(50)
+    a = split_cases(cases, val_fraction=0.2, test_fraction=0.1, seed=3)
+    b = split_cases(list(reversed(cases)), val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert _where(a) == _where(b)  # same seed, any input order: same placement
+    assert sorted(_where(a)) == sorted(c.case_id for c in cases)  # every case exactly once
+    assert len(a.train) + len(a.val) + len(a.test) == 50
+    assert a.train == [c for c in cases if c in a.train]  # input order kept
+    assert 3 <= len(a.val) <= 18 and 1 <= len(a.test) <= 12  # fractions hold roughly (binomial)
+    c = split_cases(cases, val_fraction=0.2, test_fraction=0.1, seed=4)
+    assert _where(c) != _where(a)  # the seed matters
+
+
+def test_placement_follows_the_case_hash() -> None:
+    cases = _cases(30)
+    split = split_cases(cases, val_fraction=0.3, test_fraction=0.2, seed=7)
+    for case in cases:
+        u = case_hash(case.case_id, 7)
+        expected = "test" if u < 0.2 else "val" if u < 0.5 else "train"
+        assert _where(split)[case.case_id] == expected
+
+
+def test_existing_cases_never_move_when_cases_are_added() -> None:
+    old = _cases(40)
+    new = old + _cases(25, start=40)
+    before = _where(split_cases(old, val_fraction=0.2, test_fraction=0.1, seed=1))
+    after = _where(split_cases(new, val_fraction=0.2, test_fraction=0.1, seed=1))
+    assert {cid: after[cid] for cid in before} == before
+
+
+def test_at_least_one_validation_case() -> None:
+    # Find a seed where hashing alone puts neither of 2 cases in validation.
+    cases = _cases(2)
+    seed = next(s for s in range(1000) if all(case_hash(c.case_id, s) >= 0.2 for c in cases))
+    split = split_cases(cases, val_fraction=0.2, seed=seed)
+    assert len(split.val) == 1 and len(split.train) == 1
+    assert split_cases(cases, val_fraction=0.0, seed=seed).val == []
+    assert len(split_cases(_cases(1), val_fraction=0.2).train) == 1  # one case: it trains
+
+
+def test_at_least_one_training_case() -> None:
+    cases = _cases(3)
+    split = split_cases(cases, val_fraction=0.5, test_fraction=0.49, seed=0)
+    assert len(split.train) >= 1
+
+
+@pytest.mark.parametrize(("val", "test"), [(-0.1, 0.0), (1.0, 0.0), (0.6, 0.5)])
+def test_bad_fractions(val: float, test: float) -> None:
+    with pytest.raises(ConfigError):
+        split_cases(_cases(5), val_fraction=val, test_fraction=test)
+
+
+def test_duplicate_ids_refused() -> None:
+    with pytest.raises(ConfigError, match="duplicate case id 'case_000'"):
+        split_cases(_cases(3) + _cases(1))
+
+
+@pytest.mark.parametrize(("n", "k"), [(34, 5), (7, 5), (5, 5), (12, 3)])
+def test_kfold_validates_every_case_exactly_once(n: int, k: int) -> None:
+    cases = _cases(n)
+    folds = [kfold(cases, k, f, seed=2) for f in range(k)]
+    validated = [c.case_id for s in folds for c in s.val]
+    assert sorted(validated) == sorted(c.case_id for c in cases)
+    for s in folds:
+        assert s.val, "every fold validates on something when n >= k"
+        assert not set(c.case_id for c in s.val) & set(c.case_id for c in s.train)
+        assert len(s.val) + len(s.train) == n and s.test == []
+
+
+def test_kfold_stable_when_cases_are_added() -> None:
+    old = _cases(60)
+    before = fold_assignment(old, 5, seed=0)
+    after = fold_assignment(old + _cases(30, start=60), 5, seed=0)
+    assert {cid: after[cid] for cid in before} == before
+
+
+def test_kfold_bad_arguments() -> None:
+    with pytest.raises(ConfigError, match="k >= 2"):
+        kfold(_cases(5), 1, 0)
+    with pytest.raises(ConfigError, match="fold must be in 0..4"):
+        kfold(_cases(5), 5, 5)
