@@ -574,7 +574,9 @@ class _SeriesReader:
             path = order[self.volume_index][0]
         else:
             path = items[0][0]
-        from nibabel.nicom import dicomwrappers
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nibabel warns its DICOM readers are experimental
+            from nibabel.nicom import dicomwrappers
 
         ds = _dcmread_full(path)
         _check_decoder(path, ds)
