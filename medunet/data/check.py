@@ -8,7 +8,9 @@ dataset in one pass. ``medunet check DATASET`` prints them as a table.
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,24 @@ class Problem:
         return (
             f"{self.case_id}: {self.file}: {self.problem}" if self.file else f"{self.case_id}: {self.problem}"
         )
+
+
+def _gzip_damage(path: Path) -> str | None:
+    """Why a ``.gz`` file's compressed stream is broken (truncated, bad CRC, bad data), or None if intact.
+
+    Run only after a read failed, to tell a broken download apart from a bad NIfTI header.
+    """
+    if not path.name.lower().endswith(".gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except EOFError:
+        return "truncated gzip stream (file ends early: incomplete download or copy?)"
+    except (OSError, zlib.error) as exc:
+        return f"corrupt gzip stream ({exc})"
+    return None
 
 
 def _read(path: Path) -> Volume:
@@ -124,7 +144,8 @@ def check_case(
         try:
             vol = _read(path)
         except MedunetError as exc:
-            add(path, exc.problem)
+            damage = _gzip_damage(path) if path.is_file() else None
+            add(path, exc.problem if damage is None or damage in exc.problem else f"{damage}; {exc.problem}")
             continue
         except Exception as exc:  # a reader we consume raised something untyped: still report, never crash
             add(path, f"unreadable ({type(exc).__name__}: {exc})")
