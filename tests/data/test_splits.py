@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medunet.data.datalist import Case
@@ -103,3 +104,27 @@ def test_kfold_bad_arguments() -> None:
         kfold(_cases(5), 1, 0)
     with pytest.raises(ConfigError, match="fold must be in 0..4"):
         kfold(_cases(5), 5, 5)
+
+
+def test_cli_datalist_writes_the_split(tmp_path: Path) -> None:
+    import json
+
+    from medunet.cli import main
+    from medunet.data.layouts import load_dataset
+    from medunet.io import write_nifti
+
+    affine = np.eye(4)
+    for i in range(6):
+        write_nifti(tmp_path / "images" / f"p{i}.nii.gz", np.full((4, 4, 4), i, np.int16), affine)
+        write_nifti(tmp_path / "labels" / f"p{i}.nii.gz", np.ones((4, 4, 4), np.uint8), affine)
+    (tmp_path / "labels.json").write_text('{"0": "background", "1": "liver"}')
+    out = tmp_path / "datalist.json"
+    assert (
+        main(["datalist", str(tmp_path), "-o", str(out), "--folds", "3", "--fold", "1", "--seed", "4"]) == 0
+    )
+    written = json.loads(out.read_text())
+    expected = kfold(load_dataset(tmp_path).training, 3, 1, seed=4)
+    assert [d["case_id"] for d in written["validation"]] == [c.case_id for c in expected.val]
+    assert [d["case_id"] for d in written["training"]] == [c.case_id for c in expected.train]
+    assert written["labels"] == {"0": "background", "1": "liver"}
+    assert written["training"][0]["image"].endswith(".nii.gz")
