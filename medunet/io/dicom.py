@@ -198,6 +198,11 @@ def read_dicom_series(
     """
     path = Path(path)
     groups = _group(_scan(path))
+    if series_uid is None and len(groups) > 1 and _one_series_split_by_geometry(groups):
+        # One UID and series number whose slices disagree on size/orientation: read them together so the
+        # geometry checks name the precise problem (missing IOP, mixed sizes...) instead of "2 series".
+        merged = sorted((item for items in groups.values() for item in items), key=lambda it: str(it[0]))
+        return _SeriesReader(path, merged, volume_index).read()
     if series_uid is None:
         if len(groups) > 1:
             listing = "; ".join(
@@ -220,6 +225,11 @@ def read_dicom_series(
     items = sorted(groups[key], key=lambda item: str(item[0]))
     source = path if len(groups) == 1 or path.is_file() else _info(key, items).directory
     return _SeriesReader(source, items, volume_index).read()
+
+
+def _one_series_split_by_geometry(groups: dict[str, list[tuple[Path, Dataset]]]) -> bool:
+    keys = {(k.split("#")[0], str(v[0][1].get("SeriesNumber", ""))) for k, v in groups.items()}
+    return len(keys) == 1
 
 
 # --------------------------------------------------------------------------------------------------

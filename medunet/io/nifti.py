@@ -45,6 +45,23 @@ def _gzip_isize(path: Path) -> int | None:
         return None
 
 
+def _raw_datatype_bitpix(path: Path) -> tuple[int, int] | None:
+    """(datatype, bitpix) straight from a NIfTI-1 header's bytes (nibabel silently repairs bitpix)."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            raw = fh.read(348)
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(raw) < 348:
+        return None
+    for endian in "<>":
+        if struct.unpack(endian + "i", raw[:4])[0] == 348:
+            datatype, bitpix = struct.unpack(endian + "2h", raw[70:74])
+            return int(datatype), int(bitpix)
+    return None
+
+
 def _is_orthonormal(matrix: np.ndarray, tol: float = ORTHO_TOL) -> bool:
     norms = np.linalg.norm(matrix, axis=0)
     if not np.isfinite(matrix).all() or (norms <= 0).any():
@@ -145,7 +162,8 @@ def read_nifti(path: str | Path, *, check_finite: bool = True) -> Volume:
         dtype = header.get_data_dtype()
     except Exception as exc:
         raise InvalidImageError(path, f"lying header: bad datatype ({exc})") from None
-    bitpix = int(header["bitpix"])
+    raw_codes = _raw_datatype_bitpix(path)
+    bitpix = raw_codes[1] if raw_codes is not None else int(header["bitpix"])
     if bitpix != dtype.itemsize * 8:
         raise InvalidImageError(
             path, f"lying header: bitpix {bitpix} does not match datatype {dtype} ({dtype.itemsize * 8} bits)"
@@ -162,6 +180,10 @@ def read_nifti(path: str | Path, *, check_finite: bool = True) -> Volume:
     elif size < expected:
         raise InvalidImageError(path, f"truncated: {size} bytes on disk, header dims need {expected}")
     try:
+        if path.name.lower().endswith(".gz"):
+            # Decompress once, whole: gzip verifies its CRC and length only at end of stream, which
+            # nibabel's partial reads never reach, so a corrupt-but-inflatable file would pass silently.
+            img = type(img).from_bytes(gzip.decompress(path.read_bytes()))
         data = np.asanyarray(img.dataobj).reshape(shape)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile, MemoryError) as exc:
         raise InvalidImageError(
