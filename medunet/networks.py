@@ -31,10 +31,11 @@ from medunet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+NetworkName = Literal["unet", "dynunet", "attention_unet", "unetpp", "swinunetr", "flexible_unet"]
 Size = Literal["tiny", "small", "base"]
 Rounding = Literal["nearest", "up", "down"]
 SIZES: tuple[Size, ...] = ("tiny", "small", "base")
-DEFAULT_NETWORK = "unet"
+DEFAULT_NETWORK: NetworkName = "unet"
 
 # nnU-Net-like DynUNet planning: stop downsampling an axis below this many voxels, and never plan more
 # than this many downsamplings (5 keeps the bottleneck at 1/32 like nnU-Net's 3D full-resolution nets).
@@ -522,6 +523,7 @@ def network_table() -> list[dict[str, Any]]:
 __all__ = [
     "DEFAULT_NETWORK",
     "NETWORKS",
+    "NetworkName",
     "SIZES",
     "NetworkSpec",
     "Rounding",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from medunet.cli import main as cli_main
 from medunet.errors import ConfigError
 from medunet.networks import (
     NETWORKS,
+    NetworkName,
     build_network,
     dynunet_kernels_strides,
     network_names,
@@ -38,14 +40,7 @@ def _seed() -> None:
 
 def test_registry_lists_expected_networks() -> None:
     assert network_names()[0] == "unet"
-    assert set(network_names()) == {
-        "unet",
-        "dynunet",
-        "attention_unet",
-        "unetpp",
-        "swinunetr",
-        "flexible_unet",
-    }
+    assert network_names() == list(get_args(NetworkName))  # the Literal type and the registry agree
     for spec in NETWORKS.values():
         assert set(spec.spatial_dims) == {2, 3}
         assert set(spec.size_presets) == {"tiny", "small", "base"}
