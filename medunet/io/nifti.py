@@ -71,12 +71,12 @@ def _is_orthonormal(matrix: np.ndarray, tol: float = ORTHO_TOL) -> bool:
 
 
 def _choose_affine(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...]) -> np.ndarray:
-    """The voxel -> RAS affine ITK would use, refusing geometry that tools would read differently.
+    """The voxel -> RAS affine ITK uses, refusing geometry that tools would read differently.
 
-    ITK (>= 5.1) takes the sform when its code is set and it decomposes into rotation x spacing without
-    shear, otherwise the qform; nibabel prefers any sform. A sheared sform is refused (the two would
-    disagree and ITK/DICOM cannot represent it). When both forms are valid but place the grid more than
-    ``FORM_DISAGREE_MM`` apart, a warning says so and the sform wins (as in ITK).
+    ITK 5.4 (checked against SimpleITK 2.5 in the tests): an sform with code 1 (scanner) wins; otherwise
+    a set qform wins; otherwise any set sform; otherwise pixdim only. nibabel instead prefers any set
+    sform, so a sheared sform (which ITK skips and nibabel uses) is refused, and when sform and qform
+    both exist but place the grid more than ``FORM_DISAGREE_MM`` apart a warning names the file.
     """
     sform, s_code = header.get_sform(coded=True)
     qform, q_code = header.get_qform(coded=True)
@@ -89,17 +89,29 @@ def _choose_affine(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...])
                 "sheared / non-orthonormal sform direction matrix: ITK would ignore it and nibabel would "
                 "use it, so the image would land in different places; resample it to an orthogonal grid",
             )
-        if q_code and qform is not None and np.isfinite(qform).all():
-            gap = max_corner_distance(sform, qform, shape)
-            if gap > FORM_DISAGREE_MM:
-                logger.warning(
-                    "%s: qform and sform disagree by up to %.3f mm; using the sform (as ITK does)", path, gap
-                )
+    if (
+        q_code
+        and qform is not None
+        and (not np.isfinite(qform).all() or abs(np.linalg.det(qform[:3, :3])) < 1e-12)
+    ):
+        raise GeometryError(path, "qform is singular or non-finite")
+    if s_code and q_code and sform is not None and qform is not None:
+        gap = max_corner_distance(sform, qform, shape)
+        if gap > FORM_DISAGREE_MM:
+            logger.warning(
+                "%s: qform (code %d) and sform (code %d) disagree by up to %.3f mm; using the %s as ITK does",
+                path,
+                q_code,
+                s_code,
+                gap,
+                "sform" if s_code == 1 else "qform",
+            )
+    if s_code == 1 and sform is not None:
         return np.asarray(sform, dtype=np.float64)
     if q_code and qform is not None:
-        if not np.isfinite(qform).all() or abs(np.linalg.det(qform[:3, :3])) < 1e-12:
-            raise GeometryError(path, "qform is singular or non-finite")
         return np.asarray(qform, dtype=np.float64)
+    if s_code and sform is not None:
+        return np.asarray(sform, dtype=np.float64)
     logger.warning("%s: neither sform nor qform is set; using pixdim spacing with no rotation", path)
     affine = header.get_base_affine()
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
