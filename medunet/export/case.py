@@ -1,0 +1,235 @@
+"""One case folder with everything a reviewer needs, written atomically as a whole.
+
+Layout of ``<output>/<case>/``::
+
+    segmentation.nii.gz   integer labels on the exact source grid (uint8; uint16 past 255 labels)
+    image.nii.gz          the converted image (DICOM input, or when asked to copy)
+    segmentation.dcm      DICOM SEG referencing the source series (DICOM input)
+    uncertainty.nii.gz    normalised softmax entropy (optional)
+    labels.txt            ITK-SNAP label description file
+    review.itksnap        ITK-SNAP workspace: image + segmentation + label table
+    volumes.csv           per-organ voxel count, volume (mL), mean intensity
+    preview.png           axial / coronal / sagittal overlay
+    case.json             provenance and where the image is (read back by ``medunet review import``)
+
+Files are written into a hidden sibling folder that is renamed to ``<case>`` only when complete, so a
+crash never leaves a half-written case; a previous folder of the same name is replaced.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medunet import __version__
+from medunet.export.itksnap import label_colors, write_label_file, write_workspace
+from medunet.export.report import OrganStats, organ_stats, write_preview, write_volumes_csv
+from medunet.inference.predictor import Prediction
+from medunet.io.atomic import atomic_write_text
+from medunet.io.nifti import write_nifti
+from medunet.io.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+CASE_FORMAT = "medunet-case/1"
+CASE_FILE = "case.json"
+SEGMENTATION = "segmentation.nii.gz"
+IMAGE = "image.nii.gz"
+
+
+@dataclass
+class CaseResult:
+    """What was written for one case."""
+
+    name: str
+    directory: Path
+    stats: list[OrganStats]
+    files: list[str]
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """sha256 of a label map's values and shape (independent of file compression)."""
+    h = hashlib.sha256(str(tuple(labels.shape)).encode())
+    h.update(np.ascontiguousarray(labels.astype(np.int64, copy=False)).tobytes())
+    return h.hexdigest()
+
+
+def label_dtype(label_names: dict[int, str]) -> type:
+    return np.uint8 if max(label_names) <= 255 else np.uint16
+
+
+def write_case(
+    output_dir: str | Path,
+    name: str,
+    volume: Volume,
+    prediction: Prediction,
+    *,
+    source: str | Path,
+    is_dicom: bool,
+    copy_image: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_sha256: str | None = None,
+    window: tuple[float, float] | None = None,
+    options: dict[str, Any] | None = None,
+) -> CaseResult:
+    """Write the case folder ``output_dir/name`` atomically (see module docstring)."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=output_dir))
+    try:
+        files = _write_files(
+            tmp,
+            final,
+            volume,
+            prediction,
+            source=Path(source),
+            is_dicom=is_dicom,
+            copy_image=copy_image,
+            checkpoint=checkpoint,
+            checkpoint_sha256=checkpoint_sha256,
+            window=window,
+            options=options or {},
+            name=name,
+        )
+        stats = files.pop("__stats__")  # type: ignore[misc]
+        _swap_into_place(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CaseResult(name=name, directory=final, stats=stats, files=sorted(files))  # type: ignore[arg-type]
+
+
+def _write_files(
+    tmp: Path,
+    final: Path,
+    volume: Volume,
+    prediction: Prediction,
+    *,
+    source: Path,
+    is_dicom: bool,
+    copy_image: bool,
+    checkpoint: str | Path | None,
+    checkpoint_sha256: str | None,
+    window: tuple[float, float] | None,
+    options: dict[str, Any],
+    name: str,
+) -> dict[str, object]:
+    names = prediction.label_names
+    colors = label_colors(names)
+    labels = prediction.labels.astype(label_dtype(names), copy=False)
+    files: dict[str, object] = {}
+    write_nifti(tmp / SEGMENTATION, labels, volume.affine)
+    files[SEGMENTATION] = True
+    if is_dicom or copy_image:
+        image_array = volume.array
+        if np.issubdtype(image_array.dtype, np.floating) and np.all(np.mod(image_array, 1) == 0):
+            lo, hi = float(image_array.min(initial=0)), float(image_array.max(initial=0))
+            if lo >= -32768 and hi <= 32767:
+                image_array = image_array.astype(np.int16)
+        write_nifti(tmp / IMAGE, image_array, volume.affine)
+        files[IMAGE] = True
+        image_ref: str = IMAGE
+    else:
+        image_ref = str(source.resolve())
+    if prediction.uncertainty is not None:
+        write_nifti(tmp / "uncertainty.nii.gz", prediction.uncertainty.astype(np.float32), volume.affine)
+        files["uncertainty.nii.gz"] = True
+    if is_dicom:
+        from medunet.export.dicom_seg import write_dicom_seg
+
+        source_files = list(volume.meta.get("source_files", []))  # type: ignore[call-overload]
+        write_dicom_seg(
+            tmp / "segmentation.dcm",
+            labels,
+            volume.affine,
+            source_files,
+            names,
+            colors=colors,
+            series_description=f"medunet {name}"[:64],
+        )
+        files["segmentation.dcm"] = True
+    write_label_file(tmp / "labels.txt", names, colors)
+    files["labels.txt"] = True
+    write_workspace(
+        tmp / "review.itksnap",
+        save_location=final.resolve(),
+        main_image=image_ref,
+        segmentation=SEGMENTATION,
+        labels=names,
+        dimensions=volume.shape,
+        colors=colors,
+        main_nickname=name,
+    )
+    files["review.itksnap"] = True
+    stats = organ_stats(labels, volume.affine, names, image=volume.array, uncertainty=prediction.uncertainty)
+    write_volumes_csv(tmp / "volumes.csv", stats)
+    files["volumes.csv"] = True
+    write_preview(
+        tmp / "preview.png",
+        volume.array,
+        labels,
+        volume.affine,
+        names,
+        colors=colors,
+        window=window,
+        title=name,
+    )
+    files["preview.png"] = True
+    record = {
+        "format": CASE_FORMAT,
+        "case": name,
+        "image": image_ref,
+        "source": str(source.resolve()),
+        "source_kind": "dicom" if is_dicom else "image",
+        "series_instance_uid": volume.meta.get("series_instance_uid") if is_dicom else None,
+        "segmentation": SEGMENTATION,
+        "segmentation_sha256": labels_digest(labels),
+        "shape": list(volume.shape),
+        "affine": np.asarray(volume.affine).round(6).tolist(),
+        "labels": {str(k): v for k, v in sorted(names.items())},
+        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+        "checkpoint_sha256": checkpoint_sha256,
+        "medunet_version": __version__,
+        "options": options,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(tmp / CASE_FILE, json.dumps(record, indent=2) + "\n")
+    files[CASE_FILE] = True
+    files["__stats__"] = stats
+    return files
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished temp folder to ``final``, replacing an older one only after success."""
+    old: Path | None = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rmdir(old)
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_case_record(case_dir: str | Path) -> dict[str, Any]:
+    """Load ``case.json`` from a case folder (``{}`` when absent)."""
+    path = Path(case_dir) / CASE_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
