@@ -1,0 +1,123 @@
+"""Small factories the bundle calls: model, optimiser schedule, batch preparation (CutMix/MixUp)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from medunet.errors import ConfigError
+from medunet.networks import build_network
+from medunet.plans import Plans
+from medunet.training.environment import TrainingEnv
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(plans: Plans, env: TrainingEnv) -> torch.nn.Module:
+    """The network the plans describe, on the training device."""
+    net = build_network(
+        plans.network, plans.spatial_dims, plans.in_channels, plans.num_classes, **plans.network_kwargs
+    )
+    n = sum(p.numel() for p in net.parameters())
+    logger.info("network %s %dD: %.2fM parameters", plans.network, plans.spatial_dims, n / 1e6)
+    return net.to(env.device)
+
+
+def wrap_ddp(network: torch.nn.Module, env: TrainingEnv) -> torch.nn.Module:
+    """``DistributedDataParallel`` around ``network`` when running under torchrun, else unchanged."""
+    if not env.distributed:
+        return network
+    return torch.nn.parallel.DistributedDataParallel(network, device_ids=env.ddp_device_ids())
+
+
+class WarmupSchedule:
+    """LR factor per optimiser step: linear warm-up, then cosine or polynomial (0.9) decay to ~0.
+
+    A picklable callable so ``LambdaLR.state_dict()`` round-trips through a checkpoint.
+    """
+
+    def __init__(
+        self, warmup_steps: int, total_steps: int, kind: Literal["cosine", "poly"] = "cosine"
+    ) -> None:
+        if kind not in ("cosine", "poly"):
+            raise ConfigError(None, f"lr schedule must be 'cosine' or 'poly', got {kind!r}")
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.total_steps = max(self.warmup_steps + 1, int(total_steps))
+        self.kind = kind
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        t = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t)) * 0.99 + 0.01
+        return (1.0 - t) ** 0.9 * 0.99 + 0.01
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    max_epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    kind: Literal["cosine", "poly"] = "cosine",
+) -> LambdaLR:
+    """Per-iteration LR schedule over the whole run (stepped by ``LrScheduleHandler(epoch_level=False)``)."""
+    total = max(1, int(max_epochs) * max(1, int(steps_per_epoch)))
+    warmup = int(round(float(warmup_epochs) * steps_per_epoch))
+    return LambdaLR(optimizer, WarmupSchedule(warmup, total, kind))
+
+
+class PrepareBatch:
+    """Move a batch to the device; optionally mix pairs of patches (CutMix or MixUp) with probability ``prob``.
+
+    CutMix pastes a random box of one patch (image *and* label) into another, so labels stay integer
+    and anatomical inside each region. MixUp blends images and soft (one-hot) labels; it needs a loss
+    that accepts soft targets and is off by default.
+    """
+
+    def __init__(
+        self,
+        mix: Literal["none", "cutmix", "mixup"] = "none",
+        prob: float = 0.5,
+        num_classes: int | None = None,
+    ) -> None:
+        if mix not in ("none", "cutmix", "mixup"):
+            raise ConfigError(None, f"mix must be 'none', 'cutmix' or 'mixup', got {mix!r}")
+        if mix == "mixup" and not num_classes:
+            raise ConfigError(None, "mixup needs num_classes for soft labels")
+        self.mix = mix
+        self.prob = float(prob)
+        self.num_classes = num_classes
+
+    def __call__(
+        self, batchdata: dict[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        image = torch.as_tensor(batchdata["image"]).to(device=device, non_blocking=non_blocking)
+        label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking)
+        if self.mix == "none" or image.shape[0] < 2 or float(torch.rand(())) >= self.prob:
+            return image, label
+        perm = torch.roll(torch.arange(image.shape[0]), 1)
+        if self.mix == "cutmix":
+            return cutmix(image, label, perm)
+        lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+        onehot = torch.nn.functional.one_hot(label[:, 0].long(), self.num_classes).movedim(-1, 1).float()
+        return lam * image + (1 - lam) * image[perm], lam * onehot + (1 - lam) * onehot[perm]
+
+
+def cutmix(image: torch.Tensor, label: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste one random box (each side a uniform 25-75% of the patch) from ``batch[perm]`` into ``batch``."""
+    image, label = image.clone(), label.clone()
+    spatial = image.shape[2:]
+    box = []
+    for size in spatial:
+        length = max(1, int(size * (0.25 + 0.5 * float(torch.rand(())))))
+        start = int(torch.randint(0, size - length + 1, ()))
+        box.append(slice(start, start + length))
+    index = (slice(None), slice(None), *box)
+    image[index] = image[perm][index]
+    label[index] = label[perm][index]
+    return image, label

@@ -1,0 +1,165 @@
+"""Derive :class:`~medunet.plans.Plans` from a dataset fingerprint plus the user's overrides.
+
+Defaults are fingerprint-derived (nnU-Net style) so they carry over to other datasets:
+
+* target spacing: the median spacing (R, A, S). On CPU every axis is floored at
+  :data:`CPU_MIN_SPACING_MM` so a 3D run fits a CPU budget (documented in the bundle README).
+* CT window: the 0.5 / 99.5 percentiles of foreground intensities; MR: z-score over non-zero voxels.
+* patch size: the median field of view at the target spacing, shrunk (largest axis first) until it
+  fits a voxel budget (CPU budgets are small) and rounded to what the network accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from medunet.data.datalist import Datalist
+from medunet.data.fingerprint import Fingerprint, load_or_compute_fingerprint
+from medunet.errors import ConfigError
+from medunet.networks import patch_divisor, resolve_network_kwargs, valid_patch_size
+from medunet.plans import Intensity, Plans
+from medunet.training.environment import TrainingEnv
+
+logger = logging.getLogger(__name__)
+
+#: On CPU, never resample finer than this (mm): 3D training then fits minutes, not hours.
+CPU_MIN_SPACING_MM = 2.0
+#: Patch voxel budgets (3D, 2D) per device type.
+PATCH_BUDGET = {"cpu": (64**3, 192**2), "cuda": (128 * 128 * 96, 512**2)}
+
+
+def fingerprint_for(datalist: Datalist, output_dir: str | Path) -> Fingerprint:
+    """The dataset fingerprint, cached in ``<output_dir>/fingerprint.json`` (datasets may be read-only)."""
+    return load_or_compute_fingerprint(datalist, Path(output_dir) / "fingerprint.json")
+
+
+def make_plans(
+    datalist: Datalist,
+    fingerprint: Fingerprint,
+    env: TrainingEnv,
+    *,
+    spatial_dims: int = 3,
+    network: str = "unet",
+    network_size: str = "small",
+    modality: str | None = None,
+    target_spacing: Sequence[float] | None = None,
+    patch_size: Sequence[int] | None = None,
+    a_min: float | None = None,
+    a_max: float | None = None,
+) -> Plans:
+    """Plans for this dataset: fingerprint-derived values unless the argument overrides them."""
+    modality = (modality or datalist.modalities.get(0, "CT")).upper()
+    intensity = _intensity(modality, fingerprint, a_min, a_max)
+    if target_spacing is None:
+        spacing = fingerprint.median_spacing
+        if env.device.type == "cpu":
+            spacing = tuple(max(s, CPU_MIN_SPACING_MM) for s in spacing)
+    else:
+        spacing = _floats(target_spacing, 3, "target_spacing")
+    size_kw = {"size": network_size}
+    if network == "dynunet":
+        size_kw["spacing"] = spacing if spatial_dims == 3 else spacing[:2]
+    if patch_size is None:
+        patch = auto_patch_size(fingerprint, spacing, spatial_dims, network, env.device.type, size_kw)
+    else:
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != spatial_dims:
+            raise ConfigError(None, f"patch_size {patch} needs {spatial_dims} entries for {spatial_dims}D")
+        patch = valid_patch_size(network, patch, **size_kw)
+    if network == "dynunet":
+        size_kw["patch_size"] = patch
+    kwargs = resolve_network_kwargs(network, spatial_dims, **size_kw)
+    plans = Plans(
+        labels=dict(datalist.labels),
+        target_spacing=tuple(round(float(s), 4) for s in spacing),  # type: ignore[arg-type]
+        patch_size=patch,
+        spatial_dims=spatial_dims,
+        modality=modality,
+        in_channels=len(datalist.modalities) or 1,
+        intensity=intensity,
+        network=network,
+        network_kwargs=_jsonable(kwargs),
+    )
+    logger.info(
+        "plans: %dD %s (%s), spacing %s mm, patch %s, intensity %s",
+        spatial_dims,
+        network,
+        network_size,
+        plans.target_spacing,
+        plans.patch_size,
+        plans.intensity,
+    )
+    return plans
+
+
+def plans_for_run(plans: Plans, output_dir: str | Path, env: TrainingEnv, resume: bool = False) -> Plans:
+    """Save ``plans.json``; when resuming, the run's saved plans win over freshly derived ones."""
+    path = Path(output_dir) / "plans.json"
+    if resume and path.is_file():
+        saved = Plans.load(path)
+        if saved != plans:
+            logger.warning("resume: using the run's saved %s (differs from freshly derived plans)", path)
+        return saved
+    if env.is_main:
+        plans.save(path)
+    return plans
+
+
+def auto_patch_size(
+    fingerprint: Fingerprint,
+    spacing: Sequence[float],
+    spatial_dims: int,
+    network: str,
+    device_type: str,
+    network_kwargs: dict,
+) -> tuple[int, ...]:
+    """Median field of view at ``spacing``, shrunk to the device's voxel budget, network-legal."""
+    fov = [mm / s for mm, s in zip(fingerprint.median_physical_size_mm, spacing, strict=True)]
+    fov = fov[:spatial_dims]  # 2D: the axial plane (R, A)
+    budget = PATCH_BUDGET.get(device_type, PATCH_BUDGET["cuda"])[0 if spatial_dims == 3 else 1]
+    divisor = patch_divisor(
+        network, spatial_dims, **{k: v for k, v in network_kwargs.items() if k != "spacing"}
+    )
+    patch = [max(d, math.ceil(f / d) * d) for f, d in zip(fov, divisor, strict=True)]
+    while math.prod(patch) > budget:
+        # Shrink the axis that is largest in voxels, keeping it a multiple of its divisor.
+        i = max(range(spatial_dims), key=lambda k: (patch[k], -k))
+        if patch[i] <= divisor[i]:
+            break
+        patch[i] -= divisor[i]
+    return valid_patch_size(network, patch, rounding="down", **network_kwargs)
+
+
+def _intensity(modality: str, fp: Fingerprint, a_min: float | None, a_max: float | None) -> Intensity:
+    if modality.startswith("CT"):
+        lo, hi = fp.ct_window
+        return Intensity(
+            "ct_window", float(lo if a_min is None else a_min), float(hi if a_max is None else a_max)
+        )
+    if a_min is not None or a_max is not None:
+        logger.warning("a_min/a_max are ignored for %s (z-score normalisation)", modality)
+    return Intensity("zscore_nonzero")
+
+
+def _floats(values: Sequence[float] | str, n: int, name: str) -> tuple[float, ...]:
+    if isinstance(values, str):
+        values = json.loads(values)
+    if isinstance(values, int | float):
+        values = [values] * n
+    out = tuple(float(v) for v in values)
+    if len(out) != n or min(out) <= 0:
+        raise ConfigError(None, f"{name} needs {n} positive numbers, got {values}")
+    return out
+
+
+def _jsonable(obj: object) -> object:
+    """Tuples -> lists so Plans round-trip through JSON and ``weights_only`` checkpoints unchanged."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
