@@ -154,7 +154,7 @@ def check_tracking_backend(target: TrackingTarget, timeout_s: float = 5.0) -> No
 
 def looks_like_path(value: str) -> bool:
     """Whether a string is a file-system path (absolute, home- or dot-relative, or with separators)."""
-    if not value or "://" in value or any(c.isspace() for c in value):
+    if not value or "://" in value or any(c.isspace() or c in "'\"()$=,;" for c in value):
         return False
     if value.startswith(("/", "~", "./", "../", ".\\", "..\\")) or re.match(r"^[A-Za-z]:[\\/]", value):
         return True

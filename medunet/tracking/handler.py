@@ -95,6 +95,8 @@ class MLflowTracker:
         bundle_metadata: str | Path | Mapping[str, Any] | None = None,
         summary_fn: SummaryFn | None = None,
         metrics_csv: str | Path | None = None,
+        cases_csv: str | Path | None = None,
+        validator: Any = None,
         best_checkpoint: str | Path | None = None,
         loss_every: int = 10,
         previews: int = 3,
@@ -119,6 +121,8 @@ class MLflowTracker:
         self.bundle_metadata = bundle_metadata
         self.summary_fn = summary_fn
         self.metrics_csv = Path(metrics_csv) if metrics_csv else self.output_dir / "metrics.csv"
+        self.cases_csv = Path(cases_csv) if cases_csv else self.output_dir / "val_cases.csv"
+        self.validator = validator
         self.best_checkpoint = Path(best_checkpoint) if best_checkpoint else self.output_dir / "best.pt"
         self.loss_every = int(loss_every)
         self.previews = int(previews)
@@ -130,13 +134,13 @@ class MLflowTracker:
         self.enabled = enabled and is_rank_zero()
 
         self.run: TrackingRun | None = None
+        self.model_info: Any = None  # mlflow ModelInfo once the model is logged
         self.trainer: Engine | None = None
         self.evaluators: list[Engine] = []
         self.loss_history: dict[int, float] = {}
         self.dice_history: dict[str, dict[int, float]] = {}
         self.validation_history: list[dict[str, float]] = []
         self._epoch_losses: list[float] = []
-        self._preview_slices: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
 
     # ---- attaching --------------------------------------------------------------------------------
     def attach(self, engine: Engine) -> None:
@@ -151,6 +155,8 @@ class MLflowTracker:
             self.attach_trainer(engine)
 
     def attach_trainer(self, engine: Engine) -> None:
+        # Checked again here: the process group may have been set up after this object was built.
+        self.enabled = self.enabled and is_rank_zero()
         if not self.enabled:
             return
         self.trainer = engine
@@ -165,9 +171,7 @@ class MLflowTracker:
         if not self.enabled:
             return
         self.evaluators.append(engine)
-        engine.add_event_handler(Events.STARTED, self._on_validation_started)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._on_validation_iteration)
-        engine.add_event_handler(Events.COMPLETED, self._on_validation_completed)
+        engine.add_event_handler(Events.COMPLETED, self._on_evaluator_completed)
 
     # ---- trainer events ---------------------------------------------------------------------------
     def _on_started(self, engine: Engine) -> None:
@@ -207,8 +211,11 @@ class MLflowTracker:
         if lr is not None:
             metrics["lr"] = lr
         self.run.log_metrics(metrics, step=epoch)
-        # Validation of this epoch (if any) ran before this handler when the tracker is attached last;
-        # update the curve after each epoch so a crashed run still has one.
+        # medunet's ValidationHandler validates inside the trainer's EPOCH_COMPLETED (before this
+        # handler when the tracker is attached last) and marks it with ``val_epoch``.
+        if not self.evaluators and engine.state.metrics.get("val_epoch") == epoch:
+            self._record_validation(epoch, self._summary(engine))
+        # Update the curve after each epoch so a crashed run still has one.
         self._log_curve()
 
     def _on_completed(self, engine: Engine) -> None:
@@ -229,46 +236,37 @@ class MLflowTracker:
             self.run.terminate("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise exc
 
-    # ---- evaluator events -------------------------------------------------------------------------
-    def _on_validation_started(self, engine: Engine) -> None:
-        self._preview_slices = []
-
-    def _on_validation_iteration(self, engine: Engine) -> None:
-        if self.run is None or len(self._preview_slices) >= self.previews:
-            return
-        for item in _decollate(engine.state.output):
-            if len(self._preview_slices) >= self.previews:
-                break
-            sl = preview_slices(item)
-            if sl is not None:
-                self._preview_slices.append(sl)
-
-    def _on_validation_completed(self, engine: Engine) -> None:
+    # ---- validation -------------------------------------------------------------------------------
+    def _on_evaluator_completed(self, engine: Engine) -> None:
         if self.run is None:
             return
         epoch = self.trainer.state.epoch if self.trainer is not None else engine.state.epoch
-        summary = self._summary(engine)
-        logged: dict[str, float] = {}
-        if summary:
-            logged = log_validation(self.run, epoch, summary, nsd=self.nsd)
-        extra = {
-            f"val_{k}": float(v)
-            for k, v in engine.state.metrics.items()
-            if isinstance(v, int | float) and f"val_{k}" not in logged
-        }
-        if extra:
-            self.run.log_metrics(extra, step=epoch)
-        logged.update(extra)
-        self.validation_history.append(logged)
+        self._record_validation(epoch, self._summary(engine))
+
+    def _record_validation(self, epoch: int, summary: Mapping[str, Any] | None) -> None:
+        assert self.run is not None
+        if not summary:
+            logger.warning("MLflow: no validation summary found at epoch %d; nothing logged", epoch)
+            return
+        logged = log_validation(self.run, epoch, summary, nsd=self.nsd)
+        self.validation_history.append({"epoch": epoch, **logged})
         for key, value in logged.items():
             if key.startswith("val_dice_"):
                 self.dice_history.setdefault(key[len("val_dice_") :], {})[epoch] = value
         self.run.log_artifact(self.metrics_csv, "validation")
+        self.run.log_artifact(self.cases_csv, "validation")
 
     def _summary(self, engine: Engine) -> Mapping[str, Any] | None:
         if self.summary_fn is not None:
             return self.summary_fn(engine)
-        return summary_from_state(engine.state)
+        summary = summary_from_state(engine.state)
+        if summary is None:
+            plans = self._plans()
+            organs = plans.organ_names if plans is not None else _organs_from_datalist(self.datalist)
+            summary = summary_from_flat_metrics(
+                engine.state.metrics, organs, _epoch_rows(self.cases_csv, engine.state.epoch)
+            )
+        return summary
 
     # ---- what is recorded -------------------------------------------------------------------------
     def collect_params(self, engine: Engine | None = None) -> dict[str, str]:
@@ -375,18 +373,6 @@ class MLflowTracker:
         self._log_curve()
         self.run.log_artifact(self.metrics_csv, "validation")
         plans = self._plans()
-        if self._preview_slices:
-            with tempfile.TemporaryDirectory() as tmp:
-                for i, (image, ref, pred) in enumerate(self._preview_slices):
-                    preview_png(
-                        Path(tmp) / f"val_case_{i:02d}.png",
-                        image,
-                        ref,
-                        pred,
-                        num_classes=plans.num_classes if plans else None,
-                        title=f"validation case {i}",
-                    )
-                self.run.log_artifact(tmp, "previews")
         if self.best_checkpoint.is_file():
             self.run.log_artifact(self.best_checkpoint, "checkpoints")
             self.run.log_artifact(
@@ -415,6 +401,7 @@ class MLflowTracker:
         in_channels = plans.in_channels if plans else 1
         spatial_dims = plans.spatial_dims if plans else 3
         sizes = _example_sizes(plans)
+        self._log_previews(model, plans)
         info = log_pytorch_model(
             self.run,
             model,
@@ -424,8 +411,33 @@ class MLflowTracker:
             registered_model_name=self.registered_model_name or None,
             extra_files=[self.output_dir / "plans.json"],
         )
+        self.model_info = info
         if info is not None:
             logger.info("MLflow: logged model %s", info.model_uri)
+
+    def _log_previews(self, model: torch.nn.Module, plans: Plans | None) -> None:
+        """Predict the first ``previews`` validation cases with the logged weights and log overlays."""
+        data, inferer = getattr(self.validator, "data", None), getattr(self.validator, "inferer", None)
+        if self.run is None or self.previews <= 0 or data is None or inferer is None:
+            return
+        try:
+            with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+                for i, item in enumerate(data):
+                    if i >= self.previews:
+                        break
+                    image = torch.as_tensor(item["image"])[None].float()
+                    pred = torch.as_tensor(inferer(image, model)).argmax(1)
+                    sl = preview_slices({"image": image[0], "label": item.get("label"), "pred": pred})
+                    if sl is not None:
+                        preview_png(
+                            Path(tmp) / f"val_case_{i:02d}.png",
+                            *sl,
+                            num_classes=plans.num_classes if plans else None,
+                            title=f"validation case {i}",
+                        )
+                self.run.log_artifact(tmp, "previews")
+        except Exception as exc:  # previews are a convenience; never fail training for them
+            logger.warning("MLflow: preview images failed (%s: %s)", type(exc).__name__, exc)
 
 
 class MLflowEvaluationTracker:
@@ -559,6 +571,61 @@ def summary_from_state(state: Any) -> Mapping[str, Any] | None:
     return None
 
 
+def summary_from_flat_metrics(
+    metrics: Mapping[str, Any], organs: Sequence[str], case_rows: Sequence[Mapping[str, str]] = ()
+) -> dict[str, Any] | None:
+    """Summary from ``val_dice_<organ>``/``val_hd95_<organ>``/``val_*_mean`` scalars (as medunet's
+    ``ValidationHandler`` leaves them in ``engine.state.metrics``), completed from the epoch's per-case
+    rows when given: ``nsd_mean`` (mean over cases) and ``n_hd95_nan`` (cases with undefined HD95)."""
+    if "val_dice_mean" not in metrics:
+        return None
+    out: dict[str, Any] = {}
+    for organ in organs:
+        if f"val_dice_{organ}" not in metrics:
+            continue
+        stats: dict[str, Any] = {"dice_mean": metrics[f"val_dice_{organ}"]}
+        if f"val_hd95_{organ}" in metrics:
+            stats["hd95_mean"] = metrics[f"val_hd95_{organ}"]
+        rows = [r for r in case_rows if r.get("organ") == organ]
+        if rows:
+            nsd = np.array([_to_float(r.get("nsd")) for r in rows])
+            finite = nsd[np.isfinite(nsd)]
+            stats["nsd_mean"] = float(finite.mean()) if finite.size else float("nan")
+            stats["n_hd95_nan"] = int(sum(not np.isfinite(_to_float(r.get("hd95"))) for r in rows))
+        out[organ] = stats
+    mean = {k: metrics[k] for k in ("val_dice_mean", "val_hd95_mean", "val_nsd_mean") if k in metrics}
+    nsd_means = [s["nsd_mean"] for s in out.values() if np.isfinite(s.get("nsd_mean", np.nan))]
+    if "val_nsd_mean" not in mean and nsd_means:
+        mean["val_nsd_mean"] = float(np.mean(nsd_means))
+    out["mean"] = mean
+    return out
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _epoch_rows(path: Path, epoch: int) -> list[dict[str, str]]:
+    """Rows of a per-case CSV with an ``epoch`` column that belong to ``epoch`` (none if no file)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            return [r for r in csv.DictReader(fh) if r.get("epoch") == str(epoch)]
+    except (OSError, csv.Error) as exc:
+        logger.debug("cannot read %s: %s", path, exc)
+        return []
+
+
+def _organs_from_datalist(datalist: Any) -> list[str]:
+    return list(getattr(datalist, "organ_names", []) or [])
+
+
 def loss_from_output(output: Any) -> float | None:
     """The loss from a trainer's output: a number, a tensor, ``{"loss": ...}`` or a list of those
     (MONAI decollates batches into lists of dicts, each carrying the batch loss)."""
@@ -659,20 +726,6 @@ def _labelmap(x: Any) -> np.ndarray | None:
     if a.ndim >= 3 and a.shape[0] == 1:
         a = a[0]
     return np.rint(a).astype(np.int32)
-
-
-def _decollate(output: Any) -> list[Mapping[str, Any]]:
-    if isinstance(output, Mapping):
-        # A collated batch: split along the batch axis.
-        first = next((v for v in output.values() if isinstance(v, torch.Tensor)), None)
-        n = int(first.shape[0]) if first is not None and first.ndim > 0 else 0
-        return [
-            {k: v[i] for k, v in output.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
-            for i in range(n)
-        ]
-    if isinstance(output, list | tuple):
-        return [o for o in output if isinstance(o, Mapping)]
-    return []
 
 
 def _engine_device(engine: Engine) -> str | None:
