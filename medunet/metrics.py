@@ -36,7 +36,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,8 @@ def organ_metrics(
     """Dice, HD``percentile`` (mm) and surface Dice for every organ in ``labels`` (label 0 is skipped).
 
     ``pred`` and ``ref`` are integer label maps (numpy or torch) of the same 2D/3D shape; ``spacing`` is
-    the voxel size in mm along each array axis. ``hausdorff=False`` skips the surface metrics (hd95 and
+    the voxel size in mm along each array axis. ``percentile=100`` gives the classic Hausdorff distance
+    (MONAI's ``percentile=None``). ``hausdorff=False`` skips the surface metrics (hd95 and
     nsd are then NaN for non-empty organs) for a cheap Dice-only pass. See the module docstring for the
     exact definitions and the empty-organ policy.
     """
@@ -181,6 +182,8 @@ def organ_metrics(
     if nsd_tolerance_mm < 0 or not math.isfinite(nsd_tolerance_mm):
         raise ValueError(f"nsd_tolerance_mm must be finite and >= 0, got {nsd_tolerance_mm}")
     organs = {int(k): str(v) for k, v in labels.items() if int(k) != 0}
+    if any(k < 0 for k in organs):
+        raise LabelError(None, f"organ labels must be positive integers, got {sorted(organs)}")
     if len(set(organs.values())) != len(organs):
         raise LabelError(None, f"organ names must be unique, got {sorted(organs.values())}")
     if not organs:
@@ -203,6 +206,12 @@ def organ_metrics(
             percentile=percentile,
             hausdorff=hausdorff,
         )
+    logger.debug(
+        "organ_metrics: %d organs, %d empty in ref, %d empty in pred",
+        len(out),
+        sum(s.empty_ref for s in out.values()),
+        sum(s.empty_pred for s in out.values()),
+    )
     return out
 
 
@@ -210,11 +219,11 @@ _STATS = ("dice", "hd95", "nsd")
 _CSV_FIELDS = ("case_id", "organ", *(f.name for f in OrganScore.__dataclass_fields__.values()))
 
 
-@dataclass
 class MetricsTable:
     """Collects per-case organ scores and aggregates them; empty cases are counted, never dropped."""
 
-    _rows: list[dict[str, Any]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
 
     def add(self, case_id: str, scores: Mapping[str, OrganScore]) -> None:
         """Record the scores of one case (one row per organ)."""

@@ -203,6 +203,10 @@ def test_bad_inputs_fail_loudly() -> None:
         organ_metrics(a, a, {1: "o"}, (1, 1))
     with pytest.raises(GeometryError):
         organ_metrics(a, a, {1: "o"}, (1, 0, 1))
+    with pytest.raises(LabelError, match="positive"):
+        organ_metrics(a, a, {-1: "o"}, (1, 1, 1))
+    with pytest.raises(LabelError, match="unique"):
+        organ_metrics(a, a, {1: "o", 2: "o"}, (1, 1, 1))
 
 
 def test_from_onehot_roundtrip() -> None:
