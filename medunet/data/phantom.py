@@ -55,10 +55,10 @@ TISSUES: dict[str, dict[str, tuple[float, float]]] = {
     "visceral_fat": {"CT": (-105, -80), "MR": (760, 880)},
     "muscle": {"CT": (40, 50), "MR": (260, 320)},
     "soft_tissue": {"CT": (35, 50), "MR": (280, 340)},
-    "liver": {"CT": (52, 68), "MR": (430, 500)},
-    "spleen": {"CT": (42, 55), "MR": (340, 410)},
+    "liver": {"CT": (54, 66), "MR": (430, 500)},
+    "spleen": {"CT": (44, 52), "MR": (340, 410)},
     "kidney_cortex": {"CT": (185, 230), "MR": (560, 640)},
-    "kidney_medulla": {"CT": (155, 185), "MR": (440, 500)},
+    "kidney_medulla": {"CT": (165, 190), "MR": (440, 500)},
     "aorta": {"CT": (170, 240), "MR": (650, 760)},
     "ivc": {"CT": (95, 140), "MR": (480, 560)},
     "bone_cancellous": {"CT": (320, 400), "MR": (560, 650)},
@@ -508,7 +508,7 @@ def render(
     loops = _smooth_noise(
         rng, cv.shape, (round(1.6 * texture_step_xy), round(1.6 * texture_step_xy), texture_step_z * 2)
     )
-    tex_amp = 4.0 if modality == "CT" else 12.0
+    tex_amp = 3.0 if modality == "CT" else 12.0
 
     # Body wall: radii per angle, modulated along z (waist).
     amp, wavelength, phase = anatomy.waist
