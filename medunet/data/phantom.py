@@ -236,7 +236,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         r_cav *= 1 + rng.normal(0, 0.012) * np.cos(n * angles + rng.uniform(0, 2 * math.pi))
     anterior = (1 + sin) / 2
     t_mus = rng.uniform(8, 13) * (1 + 0.35 * np.abs(cos))
-    fat0 = rng.uniform(6, 32)
+    fat0 = rng.uniform(10, 32)
     t_fat = fat0 * (0.6 + 0.5 * anterior + 0.35 * cos**2)
     wall = np.stack([r_cav, t_mus, t_fat], axis=1)
     half_width = float((r_cav + t_mus + t_fat)[[0, 360, 720]].max())
