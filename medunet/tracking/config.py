@@ -381,6 +381,9 @@ def read_bundle_metadata(metadata: str | Path | Mapping[str, Any] | None) -> dic
         return {}
     if not isinstance(metadata, Mapping):
         path = Path(metadata)
+        if not path.is_file():
+            logger.debug("no bundle metadata at %s", path)
+            return {}
         try:
             metadata = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
