@@ -1,0 +1,498 @@
+"""End-to-end inference, file in -> mask file out: stock MONAI (model-zoo spleen style) vs medunet's Predictor.
+
+Stock is the ``spleen_ct_segmentation`` inference recipe: ``LoadImaged``, ``EnsureChannelFirstd``,
+``Orientationd("RAS")``, ``Spacingd(1.5, 1.5, 2.0)``, ``ScaleIntensityRanged(-57, 164 -> 0, 1, clip)``,
+``SlidingWindowInferer(96^3, sw_batch_size=4, overlap=0.5)``, ``Activationsd(softmax)``, ``Invertd`` of
+the probabilities to the source grid, ``AsDiscreted(argmax)``, ``SaveImaged`` (float32). medunet is
+``read_nifti`` -> ``Predictor.predict`` (tensor preprocessing, argmax on the network grid, nearest label
+resampling back) -> ``write_nifti`` (uint8). Both use the same network and weights (a seeded random
+MONAI UNet, or ``--checkpoint``), the same plans and the same window blending (``--blend``, default
+``constant`` as in the model zoo).
+
+Each pipeline runs in its own spawned process so its peak RSS is its own; agreement is computed from the
+two mask files read back from disk (fraction of equal voxels, and Dice per label).
+
+Run from the repository root::
+
+    python -m benchmarks.bench_inference                 # synthetic 512x512x300 int16 CT (LPS)
+    python -m benchmarks.bench_inference --real          # real 128^3 head-and-neck CTs (--max-cases)
+    python -m benchmarks.bench_inference --device cuda   # GPU: adds GPU memory and TFLOP/s
+    python -m benchmarks.bench_inference --smoke         # tiny volume, tiny net, seconds (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import HEADER, Row, print_row, write_results
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+OPENKBP = REPO.parent / "shared" / "data" / "openkbp_hn_ct"
+STAGES = ("load", "preprocess", "sliding_window", "postprocess", "save")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything both pipelines share: network, plans-equivalent settings, device."""
+
+    num_classes: int = 4
+    net_size: str = "small"  # registry preset: channels (16, 32, 64, 128, 256), 2 residual units
+    patch: int = 96
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0)
+    a_min: float = -57.0
+    a_max: float = 164.0
+    sw_batch_size: int = 4
+    overlap: float = 0.5
+    blend: str = "constant"
+    device: str = "cpu"
+    seed: int = 0
+    checkpoint: str | None = None
+    amp: bool = False
+    threads: int = 0  # 0 = torch default
+    prior: bool = True  # add the smooth intensity prior (see PriorUNet) to the random UNet's logits
+
+
+class PriorUNet:
+    """Factory for a random UNet whose logits get a fixed, smooth intensity prior added.
+
+    A random-weight UNet's argmax changes label every few voxels, so almost every voxel lies on a
+    boundary and any two valid ways of going back to the source grid (stock: linear-resample the
+    probabilities, then argmax; medunet: argmax, then nearest) disagree on a large fraction. Real models
+    have organ-sized regions. The prior (3^3 mean of the windowed intensity, scored against class centres
+    air / soft tissue / enhancing organ / bone) gives organ-like regions while the compute is exactly the
+    UNet's. Off with ``--no-prior``.
+    """
+
+    CENTRES = (0.0, 0.44, 0.60, 1.0)  # in the [0, 1] window: air, ~40 HU, ~75 HU, bone
+
+    @staticmethod
+    def wrap(unet: Any, num_classes: int, strength: float = 200.0) -> Any:
+        import torch
+
+        centres = torch.linspace(0.0, 1.0, num_classes)
+        if num_classes == len(PriorUNet.CENTRES):
+            centres = torch.tensor(PriorUNet.CENTRES)
+
+        class _Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.unet = unet
+                self.register_buffer("centres", centres.view(1, -1, 1, 1, 1))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                smooth = torch.nn.functional.avg_pool3d(x, 3, stride=1, padding=1, count_include_pad=False)
+                return 0.1 * self.unet(x) - strength * (smooth - self.centres) ** 2
+
+        return _Net().eval()
+
+
+def _build(setup: Setup) -> tuple[Any, Any]:
+    """(network, plans) -- from the checkpoint, or a seeded random registry UNet."""
+    import torch
+
+    from medunet.networks import build_network
+    from medunet.plans import Intensity, Plans
+
+    if setup.checkpoint:
+        from medunet.training.checkpoint import load_model
+
+        net, plans = load_model(setup.checkpoint)
+        return net.eval(), plans
+    torch.manual_seed(setup.seed)
+    kwargs = {"size": setup.net_size}
+    net = build_network("unet", 3, 1, setup.num_classes, **kwargs).eval()
+    if setup.prior:
+        net = PriorUNet.wrap(net, setup.num_classes)
+    plans = Plans(
+        labels={i: ("background" if i == 0 else f"organ{i}") for i in range(setup.num_classes)},
+        target_spacing=setup.spacing,
+        patch_size=(setup.patch,) * 3,
+        intensity=Intensity("ct_window", setup.a_min, setup.a_max),
+        network="unet",
+        network_kwargs=kwargs,
+    )
+    return net, plans
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _count_windows(shape: Sequence[int], roi: int, overlap: float) -> int:
+    """Windows MONAI's sliding window visits on a grid of ``shape`` (its scan-interval rule)."""
+    n = 1
+    for s in shape:
+        if s <= roi:
+            continue
+        interval = max(int(roi * (1 - overlap)), 1)
+        n *= math.ceil((s - roi) / interval) + 1
+    return n
+
+
+def _gflop_per_window(net: Any, patch: int, device: str) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, patch, patch, patch, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        net(x)
+    return counter.get_total_flops() / 1e9
+
+
+def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, Any]:
+    """Run one pipeline over ``paths`` in this (fresh) process; return stage times and peak memory."""
+    import torch
+
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    net, plans = _build(setup)
+    net = net.to(setup.device)
+    with torch.inference_mode():  # warm-up: oneDNN picks its kernels on the first call
+        net(torch.zeros(setup.sw_batch_size, 1, *(setup.patch,) * 3, device=setup.device))
+    baseline = _rss_mb()
+    runner = _stock_runner if kind == "stock" else _medunet_runner
+    run_one = runner(net, plans, setup, out_dir)
+    stages = dict.fromkeys(STAGES, 0.0)
+    outputs: list[str] = []
+    grid_shapes: list[tuple[int, ...]] = []
+    if setup.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for p in paths:
+        out, times, grid_shape = run_one(p)
+        outputs.append(out)
+        grid_shapes.append(grid_shape)
+        for k, v in times.items():
+            stages[k] += v
+    total = time.perf_counter() - t0
+    res: dict[str, Any] = {
+        "total_s": total,
+        "stages_s": stages,
+        "outputs": outputs,
+        "grid_shapes": grid_shapes,
+        "peak_rss_mb": _peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if setup.device.startswith("cuda"):
+        res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return res
+
+
+def _stock_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: ANN202
+    import torch
+    from monai.inferers import SlidingWindowInferer
+    from monai.transforms import (
+        Activationsd,
+        AsDiscreted,
+        Compose,
+        EnsureChannelFirstd,
+        Invertd,
+        LoadImaged,
+        Orientationd,
+        SaveImaged,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
+
+    load = Compose([LoadImaged("image", image_only=False), EnsureChannelFirstd("image")])
+    pre = Compose(
+        [
+            LoadImaged("image"),
+            EnsureChannelFirstd("image"),
+            Orientationd("image", axcodes="RAS"),
+            Spacingd("image", pixdim=setup.spacing, mode="bilinear"),
+            ScaleIntensityRanged(
+                "image", a_min=setup.a_min, a_max=setup.a_max, b_min=0.0, b_max=1.0, clip=True
+            ),
+        ]
+    )
+    inferer = SlidingWindowInferer(
+        roi_size=(setup.patch,) * 3,
+        sw_batch_size=setup.sw_batch_size,
+        overlap=setup.overlap,
+        mode=setup.blend,
+    )
+    post = Compose(
+        [
+            Activationsd("pred", softmax=True),
+            Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+            AsDiscreted("pred", argmax=True),
+        ]
+    )
+    save = SaveImaged(
+        "pred",
+        output_dir=out_dir,
+        output_postfix="seg",
+        output_ext=".nii.gz",
+        resample=False,
+        output_dtype=np.float32,
+        separate_folder=False,
+        print_log=False,
+    )
+
+    def run_one(path: str) -> tuple[str, dict[str, float], tuple[int, ...]]:
+        t = {}
+        t0 = time.perf_counter()
+        d = load({"image": path})
+        t1 = time.perf_counter()
+        for tr in pre.transforms[2:]:  # the loading steps already ran (and are recorded) above
+            d = tr(d)
+        img = d["image"].to(setup.device)
+        _sync(setup.device)
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            pred = inferer(img[None], net)[0]
+        _sync(setup.device)
+        t3 = time.perf_counter()
+        d["pred"] = pred.cpu() if setup.device != "cpu" else pred
+        d["image"] = d["image"].cpu()
+        d = post(d)
+        t4 = time.perf_counter()
+        save(d)
+        t5 = time.perf_counter()
+        t = {"load": t1 - t0, "preprocess": t2 - t1, "sliding_window": t3 - t2, "postprocess": t4 - t3}
+        t["save"] = t5 - t4
+        stem = Path(path).name.removesuffix(".nii.gz").removesuffix(".nii")
+        return str(Path(out_dir) / f"{stem}_seg.nii.gz"), t, tuple(img.shape[1:])
+
+    return run_one
+
+
+def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: ANN202
+    from medunet.inference import Predictor
+    from medunet.io.nifti import read_nifti, write_nifti
+
+    predictor = Predictor(
+        net,
+        plans,
+        device=setup.device,
+        sw_batch_size=setup.sw_batch_size,
+        overlap=setup.overlap,
+        mode=setup.blend,  # type: ignore[arg-type]
+        amp=setup.amp,
+    )
+
+    def run_one(path: str) -> tuple[str, dict[str, float], tuple[int, ...]]:
+        t0 = time.perf_counter()
+        vol = read_nifti(path)
+        t1 = time.perf_counter()
+        pred = predictor.predict(vol)
+        t2 = time.perf_counter()
+        stem = Path(path).name.removesuffix(".nii.gz").removesuffix(".nii")
+        out = Path(out_dir) / f"{stem}_seg.nii.gz"
+        write_nifti(out, pred.labels, pred.affine, dtype=np.uint8)
+        t3 = time.perf_counter()
+        tm = pred.timings
+        times = {
+            "load": t1 - t0,
+            "preprocess": tm["preprocess_s"],
+            "sliding_window": tm["inference_s"],
+            "postprocess": (t2 - t1) - tm["preprocess_s"] - tm["inference_s"],
+            "save": t3 - t2,
+        }
+        from medunet.inference.geometry import plan_grid
+
+        grid = plan_grid(vol.shape, vol.affine, plans.target_spacing)
+        return str(out), times, grid.resampled_shape
+
+    return run_one
+
+
+def _run(kind: str, setup: Setup, paths: list[str], out_dir: str, isolate: bool) -> dict[str, Any]:
+    if not isolate:
+        return _job(kind, setup, paths, out_dir)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_job, kind, setup, paths, out_dir).result()
+
+
+def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str, Any]:
+    """Fraction of equal voxels and Dice per foreground label between two mask files (same grid required)."""
+    import nibabel as nib
+
+    a_img, b_img = nib.load(stock_path), nib.load(medunet_path)
+    a = np.rint(np.asanyarray(a_img.dataobj)).astype(np.int32).squeeze()
+    b = np.asanyarray(b_img.dataobj).astype(np.int32).squeeze()
+    if a.shape != b.shape:
+        raise AssertionError(f"mask shapes differ: stock {a.shape} vs medunet {b.shape}")
+    dice: dict[int, float] = {}
+    for lab in range(1, num_classes):
+        sa, sb = a == lab, b == lab
+        denom = int(sa.sum()) + int(sb.sum())
+        dice[lab] = 1.0 if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
+    return {
+        "equal_fraction": float((a == b).mean()),
+        "dice": dice,
+        "affine_max_diff": float(np.abs(a_img.affine - b_img.affine).max()),
+        "shape": a.shape,
+        "label_fractions": {int(k): float(v) for k, v in zip(*np.unique(b, return_counts=True), strict=True)},
+    }
+
+
+def _smoke_volume(tmp: Path) -> Path:
+    from benchmarks.synthetic_ct import synthetic_ct_path
+
+    return synthetic_ct_path((32, 32, 20), (2.0, 2.0, 3.0), "PLI", cache_dir=tmp)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny volume and net, in-process (CI)")
+    ap.add_argument("--real", action="store_true", help="the real 128^3 OpenKBP CTs instead of synthetic")
+    ap.add_argument("--max-cases", type=int, default=2, help="with --real: how many cases")
+    ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
+    ap.add_argument("--checkpoint", default=None, help="trained checkpoint instead of random weights")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--sw-batch-size", type=int, default=4)
+    ap.add_argument("--blend", choices=("constant", "gaussian"), default="constant")
+    ap.add_argument("--amp", action="store_true", help="medunet: bf16/fp16 autocast (stock stays fp32)")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-prior", action="store_true", help="pure random UNet logits (see PriorUNet)")
+    ap.add_argument("--no-isolate", action="store_true", help="run both pipelines in this process")
+    ap.add_argument("--out", default=None, help="results JSON (default runs/benchmarks/inference.json)")
+    args = ap.parse_args(argv)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+    if args.smoke:
+        setup = Setup(
+            num_classes=3,
+            net_size="tiny",
+            patch=32,
+            sw_batch_size=2,
+            blend=args.blend,
+            prior=not args.no_prior,
+        )
+        paths = [str(_smoke_volume(tmp))]
+        isolate = False
+    else:
+        setup = Setup(
+            sw_batch_size=args.sw_batch_size,
+            blend=args.blend,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            amp=args.amp,
+            threads=args.threads,
+            prior=not args.no_prior,
+        )
+        if args.real:
+            paths = sorted(str(p) for p in (OPENKBP / "imagesTr").glob("*.nii.gz"))[: args.max_cases]
+            if not paths:
+                raise SystemExit(f"no real data under {OPENKBP}")
+        else:
+            from benchmarks.synthetic_ct import synthetic_ct_path
+
+            paths = [str(synthetic_ct_path(tuple(args.shape)))]
+        isolate = not args.no_isolate
+    if setup.checkpoint:
+        _, plans = _build(setup)
+        num_classes = plans.num_classes
+    else:
+        num_classes = setup.num_classes
+
+    results = {}
+    for kind in ("stock", "medunet"):
+        out_dir = tmp / kind
+        out_dir.mkdir()
+        results[kind] = _run(kind, setup, paths, str(out_dir), isolate)
+    agree = [
+        agreement(s, m, num_classes)
+        for s, m in zip(results["stock"]["outputs"], results["medunet"]["outputs"], strict=True)
+    ]
+    equal = min(a["equal_fraction"] for a in agree)
+    dice = {lab: min(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
+    input_f32_mb = sum(int(np.prod(a["shape"])) * 4 for a in agree) / len(agree) / 2**20
+
+    net, _ = _build(setup)
+    gflop = _gflop_per_window(net, setup.patch, "cpu")
+    n_windows = sum(_count_windows(g, setup.patch, setup.overlap) for g in results["medunet"]["grid_shapes"])
+
+    name = (
+        "smoke"
+        if args.smoke
+        else ("real_openkbp" if args.real else "ct_{}".format("x".join(map(str, args.shape))))
+    )
+    print(HEADER)
+    row = Row(
+        name=f"inference_{name}",
+        stock_s=results["stock"]["total_s"],
+        medunet_s=results["medunet"]["total_s"],
+        agreement=equal,
+        agreement_label="equal_voxels",
+        extra={
+            "dice_per_label_min_over_cases": dice,
+            "cases": len(paths),
+            "windows": n_windows,
+            "gflop_per_window": gflop,
+            "input_float32_mb": input_f32_mb,
+            "setup": setup.__dict__,
+            "stock": results["stock"],
+            "medunet": results["medunet"],
+            "agreement_per_case": agree,
+        },
+    )
+    print_row(row)
+    print(f"\n{'stage':<16} {'stock_s':>9} {'medunet_s':>10} {'ratio':>7}")
+    for st in STAGES:
+        s, m = results["stock"]["stages_s"][st], results["medunet"]["stages_s"][st]
+        print(f"{st:<16} {s:>9.3f} {m:>10.3f} {s / m if m > 0 else float('inf'):>6.1f}x")
+    non_net = {
+        k: sum(v for st, v in results[k]["stages_s"].items() if st != "sliding_window") for k in results
+    }
+    print(
+        f"{'all but network':<16} {non_net['stock']:>9.3f} {non_net['medunet']:>10.3f} "
+        f"{non_net['stock'] / max(non_net['medunet'], 1e-9):>6.1f}x"
+    )
+    for k in ("stock", "medunet"):
+        r = results[k]
+        work = r["peak_rss_mb"] - r["baseline_rss_mb"]
+        gpu = f", GPU peak {r['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in r else ""
+        print(
+            f"{k}: peak RSS {r['peak_rss_mb']:.0f} MiB (+{work:.0f} MiB over the loaded model = "
+            f"{work / input_f32_mb:.2f}x the float32 input){gpu}"
+        )
+        if setup.device.startswith("cuda"):
+            tflops = n_windows * gflop / 1e3 / max(r["stages_s"]["sliding_window"], 1e-9)
+            print(f"{k}: sliding window {tflops:.2f} TFLOP/s achieved")
+    print(
+        f"network: {gflop:.3g} GFLOP per {setup.patch}^3 window, {n_windows} windows; Dice per label {dice}"
+    )
+    if not args.smoke or args.out:
+        print("results:", write_results("inference", [row], out=args.out, argv=list(sys.argv)))
+    return [row]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    rows = main()
+    print(json.dumps({"equal_voxels": rows[0].agreement}))
