@@ -112,6 +112,13 @@ def _positions(n_out: int, step: float, device: torch.device) -> torch.Tensor:
     return torch.arange(n_out, dtype=torch.float64, device=device) * step
 
 
+def _take(t: torch.Tensor, axis: int, idx: torch.Tensor) -> torch.Tensor:
+    """``index_select`` along ``axis``; on CPU through ``numpy.take``, which is far faster for inner axes."""
+    if t.device.type == "cpu" and t.dtype != torch.bfloat16:
+        return torch.from_numpy(np.take(t.numpy(), idx.numpy(), axis=axis))
+    return t.index_select(axis, idx)
+
+
 def _linear_axis(t: torch.Tensor, axis: int, n_out: int, step: float) -> torch.Tensor:
     """Linear interpolation along ``axis`` at positions ``j * step`` (border clamp, like MONAI)."""
     n_in = t.shape[axis]
@@ -123,9 +130,7 @@ def _linear_axis(t: torch.Tensor, axis: int, n_out: int, step: float) -> torch.T
     w_shape = [1] * t.ndim
     w_shape[axis] = n_out
     w = (pos - i0).to(t.dtype).view(w_shape)
-    lo = t.index_select(axis, i0)
-    hi = t.index_select(axis, i1)
-    return torch.lerp(lo, hi, w)
+    return torch.lerp(_take(t, axis, i0), _take(t, axis, i1), w)
 
 
 def _nearest_axis(t: torch.Tensor, axis: int, n_out: int, step: float) -> torch.Tensor:
@@ -134,7 +139,7 @@ def _nearest_axis(t: torch.Tensor, axis: int, n_out: int, step: float) -> torch.
     if n_out == n_in and abs(step - 1.0) < 1e-12:
         return t
     idx = torch.round(_positions(n_out, step, t.device)).clamp_(0, n_in - 1).long()
-    return t.index_select(axis, idx)
+    return _take(t, axis, idx)
 
 
 def resample_to_network(t: torch.Tensor, grid: GridMap) -> torch.Tensor:
