@@ -6,7 +6,14 @@ The bundle JSON (``bundles/ct_organs/train.json``) wires these together; all log
 from __future__ import annotations
 
 from medunet.training.checkpoint import is_valid_checkpoint, load_checkpoint, load_model, save_checkpoint
-from medunet.training.components import PrepareBatch, WarmupSchedule, build_model, build_scheduler, wrap_ddp
+from medunet.training.components import (
+    PrepareBatch,
+    WarmupSchedule,
+    build_model,
+    build_scheduler,
+    make_augmentation,
+    wrap_ddp,
+)
 from medunet.training.data import (
     check_pairs,
     make_split,
@@ -40,6 +47,7 @@ __all__ = [
     "is_valid_checkpoint",
     "load_checkpoint",
     "load_model",
+    "make_augmentation",
     "make_plans",
     "make_split",
     "plans_for_run",

@@ -13,6 +13,7 @@ from medunet.errors import ConfigError
 from medunet.networks import build_network
 from medunet.plans import Plans
 from medunet.training.environment import TrainingEnv
+from medunet.transforms import Augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,13 @@ def wrap_ddp(network: torch.nn.Module, env: TrainingEnv) -> torch.nn.Module:
     if not env.distributed:
         return network
     return torch.nn.parallel.DistributedDataParallel(network, device_ids=env.ddp_device_ids())
+
+
+def make_augmentation(plans: Plans, num_samples: int | None = None, **kwargs: Any) -> Augmentation:
+    """Augmentation settings; ``num_samples`` (patches per case and step) defaults to 2 in 3D, 8 in 2D."""
+    if num_samples is None:
+        num_samples = 2 if plans.spatial_dims == 3 else 8
+    return Augmentation(num_samples=int(num_samples), **kwargs)
 
 
 class WarmupSchedule:

@@ -26,8 +26,8 @@ from medunet.training.environment import TrainingEnv
 
 logger = logging.getLogger(__name__)
 
-#: On CPU, never resample finer than this (mm): 3D training then fits minutes, not hours.
-CPU_MIN_SPACING_MM = 2.0
+#: On CPU, never resample finer than this (mm), by spatial_dims: training then fits minutes, not hours.
+CPU_MIN_SPACING_MM = {3: 2.0, 2: 1.5}
 #: Patch voxel budgets (3D, 2D) per device type.
 PATCH_BUDGET = {"cpu": (64**3, 192**2), "cuda": (128 * 128 * 96, 512**2)}
 
@@ -42,7 +42,7 @@ def make_plans(
     fingerprint: Fingerprint,
     env: TrainingEnv,
     *,
-    spatial_dims: int = 3,
+    spatial_dims: int | str = "auto",
     network: str = "unet",
     network_size: str = "small",
     modality: str | None = None,
@@ -51,13 +51,21 @@ def make_plans(
     a_min: float | None = None,
     a_max: float | None = None,
 ) -> Plans:
-    """Plans for this dataset: fingerprint-derived values unless the argument overrides them."""
+    """Plans for this dataset: fingerprint-derived values unless the argument overrides them.
+
+    ``spatial_dims="auto"`` trains 3D on CUDA and 2D (axial slices) on CPU, where 3D does not reach
+    a useful model within minutes.
+    """
+    if spatial_dims == "auto":
+        spatial_dims = 3 if env.device.type == "cuda" else 2
+    spatial_dims = int(spatial_dims)
     modality = (modality or datalist.modalities.get(0, "CT")).upper()
     intensity = _intensity(modality, fingerprint, a_min, a_max)
     if target_spacing is None:
         spacing = fingerprint.median_spacing
         if env.device.type == "cpu":
-            spacing = tuple(max(s, CPU_MIN_SPACING_MM) for s in spacing)
+            floor = CPU_MIN_SPACING_MM[spatial_dims]
+            spacing = tuple(max(s, floor) for s in spacing)
     else:
         spacing = _floats(target_spacing, 3, "target_spacing")
     size_kw = {"size": network_size}

@@ -1,0 +1,215 @@
+"""Evaluate a checkpoint on held-out cases, and batch inference to ``<case>_seg.nii.gz`` files.
+
+Both delegate segmentation to :class:`medunet.inference.Predictor`, so predictions lie on each case's
+original grid and metrics are computed there (spacing of the source image). A bad case is reported
+and skipped; the failures are raised together at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medunet.data.datalist import Case, Datalist
+from medunet.errors import DatasetError, MedunetError
+from medunet.io import is_nifti, read_image, write_nifti
+from medunet.io.volume import Volume
+from medunet.metrics import MetricsTable, organ_metrics
+from medunet.progress import progress
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchReport:
+    """What a batch run produced and which inputs failed (``(input, reason)``)."""
+
+    outputs: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def raise_if_failed(self) -> None:
+        if self.failures:
+            lines = "; ".join(f"{src}: {why}" for src, why in self.failures)
+            raise DatasetError(None, f"{len(self.failures)} input(s) failed: {lines}")
+
+
+def _predictor(checkpoint: str | Path, device: str, **kwargs: object):  # noqa: ANN202
+    from medunet.inference import Predictor
+
+    return Predictor.from_checkpoint(checkpoint, device=device, **kwargs)
+
+
+def _read_case_image(case: Case) -> Volume:
+    """One volume with channels last when a case has several channel files."""
+    vols = [read_image(p) for p in case.images]
+    if len(vols) == 1:
+        return vols[0]
+    return Volume(np.stack([v.array for v in vols], axis=-1), vols[0].affine, source=str(case.images[0]))
+
+
+def evaluation_cases(
+    datalist: Datalist, run_dir: str | Path | None = None, which: Literal["test", "val", "all"] = "test"
+) -> list[Case]:
+    """Labelled cases to evaluate: a run's saved split (``split.json``) when given, else the dataset's.
+
+    ``which="test"`` falls back to the validation cases (with a warning) when the split has no test
+    cases; ``"all"`` takes every labelled case.
+    """
+    from medunet.training.data import read_split
+
+    if which == "all":
+        cases = datalist.cases
+    elif run_dir is not None and (Path(run_dir) / "split.json").is_file():
+        cases = read_split(run_dir, datalist, which)
+        if not cases and which == "test":
+            logger.warning("%s: the split has no test cases; evaluating its validation cases", run_dir)
+            cases = read_split(run_dir, datalist, "val")
+    else:
+        cases = datalist.test if which == "test" else datalist.training
+    cases = [c for c in cases if c.label is not None]
+    if not cases:
+        raise DatasetError(datalist.root, f"no labelled {which} cases to evaluate")
+    return cases
+
+
+def evaluate(
+    checkpoint: str | Path,
+    cases: list[Case],
+    labels: dict[int, str],
+    output_dir: str | Path,
+    *,
+    device: str = "auto",
+    save_predictions: bool = False,
+    largest_component: bool = False,
+) -> dict:
+    """Segment every case, score it on its original grid, write ``per_case.csv`` and ``summary.json``.
+
+    Returns the summary (per organ: mean/std of Dice, HD95 mm, surface Dice; ``n_empty_ref``,
+    ``n_empty_pred``; and ``"mean"`` over organs).
+    """
+    output_dir = Path(output_dir)
+    predictor = _predictor(checkpoint, device, largest_component=largest_component)
+    table = MetricsTable()
+    report = BatchReport()
+    for case in progress(cases, desc="evaluating", total=len(cases)):
+        try:
+            image = _read_case_image(case)
+            ref = read_image(case.label)  # type: ignore[arg-type]
+            if not image.same_grid(ref, atol_mm=0.01):
+                raise MedunetError(case.label, "label is not on the image grid")
+            pred = predictor.predict(image)
+        except MedunetError as exc:
+            logger.error("case %s: %s", case.case_id, exc)
+            report.failures.append((case.case_id, str(exc)))
+            continue
+        scores = organ_metrics(pred.labels, np.asarray(ref.array), labels, ref.spacing)
+        table.add(case.case_id, scores)
+        logger.info(
+            "%s: %s", case.case_id, ", ".join(f"{o} {s.dice:.3f}/{s.hd95:.1f}mm" for o, s in scores.items())
+        )
+        if save_predictions:
+            report.outputs.append(
+                write_nifti(
+                    output_dir / "predictions" / f"{case.case_id}_seg.nii.gz",
+                    pred.labels,
+                    pred.affine,
+                    dtype=np.uint8,
+                )
+            )
+    table.write_csv(output_dir / "per_case.csv")
+    table.write_summary_json(output_dir / "summary.json")
+    summary = table.summary()
+    logger.info(
+        "evaluated %d case(s) with %s: mean Dice %.4f, mean HD95 %.2f mm -> %s",
+        len(cases) - len(report.failures),
+        Path(checkpoint).name,
+        summary["mean"]["val_dice_mean"],
+        summary["mean"]["val_hd95_mean"],
+        output_dir,
+    )
+    report.raise_if_failed()
+    return summary
+
+
+def evaluate_run(
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    dataset_dir: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    which: Literal["test", "val", "all"] = "test",
+    device: str = "auto",
+    save_predictions: bool = False,
+) -> dict:
+    """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`."""
+    from medunet.training.data import resolve_dataset
+
+    datalist = resolve_dataset(dataset_dir)
+    cases = evaluation_cases(datalist, run_dir, which)
+    return evaluate(
+        checkpoint, cases, datalist.labels, output_dir, device=device, save_predictions=save_predictions
+    )
+
+
+def expand_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:
+    """NIfTI/NRRD/MHA files, folders of them, and DICOM series folders -> one path per volume."""
+    items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_file():
+            out.append(path)
+        elif path.is_dir():
+            volumes = sorted(
+                p for p in path.iterdir() if p.is_file() and (is_nifti(p) or p.suffix in (".nrrd", ".mha"))
+            )
+            subdirs = sorted(p for p in path.iterdir() if p.is_dir())
+            if volumes:
+                out += volumes
+            elif subdirs and not any(p.is_file() for p in path.iterdir()):
+                out += [d for d in subdirs]  # a folder of DICOM series folders
+            else:
+                out.append(path)  # a DICOM series folder
+        else:
+            raise DatasetError(path, "input does not exist")
+    return out
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def infer(
+    checkpoint: str | Path,
+    inputs: str | Path | list[str | Path],
+    output_dir: str | Path,
+    *,
+    device: str = "auto",
+    largest_component: bool = False,
+) -> BatchReport:
+    """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid)."""
+    predictor = _predictor(checkpoint, device, largest_component=largest_component)
+    report = BatchReport()
+    paths = expand_inputs(inputs)
+    for path in progress(paths, desc="segmenting", total=len(paths)):
+        try:
+            volume = read_image(path)
+            pred = predictor.predict(volume)
+            out = write_nifti(
+                Path(output_dir) / f"{case_name(path)}_seg.nii.gz", pred.labels, pred.affine, dtype=np.uint8
+            )
+        except MedunetError as exc:
+            logger.error("%s", exc)
+            report.failures.append((str(path), exc.problem))
+            continue
+        report.outputs.append(out)
+        logger.info("%s -> %s", path, out)
+    report.raise_if_failed()
+    return report

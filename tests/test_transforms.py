@@ -1,0 +1,88 @@
+"""Transforms built from Plans: geometry after preprocessing, patch shapes, left/right-safe flips."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medunet.plans import Intensity, Plans
+from medunet.transforms import (
+    Augmentation,
+    RandFlipSwapLRd,
+    lr_swap_table,
+    train_cache_transforms,
+    train_random_transforms,
+    val_transforms,
+)
+
+LABELS = {0: "background", 1: "liver", 2: "left_kidney", 3: "right_kidney"}
+
+
+def _plans(dims: int = 3, **kw) -> Plans:
+    patch = (16, 16, 16) if dims == 3 else (16, 16)
+    return Plans(
+        labels=LABELS,
+        target_spacing=(2.0, 2.0, 2.0),
+        patch_size=patch,
+        spatial_dims=dims,
+        intensity=Intensity("ct_window", -100.0, 200.0),
+        **kw,
+    )
+
+
+@pytest.fixture
+def case(tmp_path):
+    """A 20x24x10 LPS-stored volume at 1x1x4 mm with a box of 'left kidney' and one of 'liver'."""
+    image = np.full((20, 24, 10), -1000, np.int16)
+    image[2:18, 2:22, 1:9] = 50
+    label = np.zeros(image.shape, np.uint8)
+    label[4:8, 4:10, 2:6] = 2
+    label[12:16, 10:20, 3:8] = 1
+    image[label > 0] = 150
+    affine = np.diag([-1.0, -1.0, 4.0, 1.0])  # L-P-S voxel axes
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "lab.nii.gz")
+    return {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz"), "case_id": "c0"}
+
+
+def test_val_pipeline_reorients_resamples_and_windows(case):
+    out = val_transforms(_plans())(case)
+    img, lab = out["image"], out["label"]
+    # RAS at 2 mm: 20 mm x 24 mm x 40 mm -> about 10 x 12 x 20 voxels before cropping to the body.
+    assert img.shape[0] == 1 and lab.shape == img.shape
+    assert img.shape[1] <= 10 and img.shape[2] <= 12 and img.shape[3] <= 20
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
+    assert set(np.unique(lab.numpy()).tolist()) <= {0, 1, 2}
+    # Left kidney was stored at low i of an L-axis (patient left) -> after RAS it sits at high x.
+    xs = np.nonzero(lab.numpy()[0] == 2)[0]
+    assert xs.mean() > lab.shape[1] / 2
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_train_pipeline_patch_shapes(case, dims):
+    plans = _plans(dims)
+    head, tail = train_cache_transforms(plans), train_random_transforms(plans, Augmentation(num_samples=3))
+    tail.set_random_state(0)
+    samples = tail(head(case))
+    assert len(samples) == 3
+    for s in samples:
+        assert tuple(s["image"].shape) == (1, *plans.patch_size)
+        assert tuple(s["label"].shape) == (1, *plans.patch_size)
+        assert s["label"].dtype == torch.long and "label_cls_indices" not in s
+
+
+def test_lr_flip_swaps_left_and_right_labels():
+    assert lr_swap_table({0: "bg", 1: "liver", 3: "left_kidney", 4: "right_kidney"}) == {3: 4, 4: 3}
+    label = torch.zeros(1, 4, 2, 2)
+    label[0, 0] = 2  # left kidney label in the first R->L column
+    image = torch.arange(16.0).reshape(1, 4, 2, 2)
+    out = RandFlipSwapLRd(["image", "label"], LABELS, prob=1.0)({"image": image, "label": label})
+    assert torch.equal(out["image"], image.flip(1))
+    assert (out["label"][0, 3] == 3).all() and (out["label"][0, :3] == 0).all()
+
+
+def test_plain_flip_of_left_right_axis_is_refused():
+    with pytest.raises(ValueError, match="left/right"):
+        Augmentation(flip_axes=(0, 1))
