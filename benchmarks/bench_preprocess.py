@@ -1,9 +1,10 @@
 """Read + reorient + resample a CT: stock MONAI transforms vs medunet's path; plus gzip I/O rows.
 
 Stock: ``LoadImaged`` -> ``EnsureChannelFirstd`` -> ``Orientationd("RAS")`` -> ``Spacingd(1.5, 1.5, 2.0,
-bilinear)``. medunet: ``read_nifti`` (ISA-L/zlib-ng inflate via ``medunet.io.fast_gzip``) ->
-``Predictor.preprocess`` without the intensity step (transpose + flips, separable linear resampling that
-reproduces ``Spacing``). The volume is stored LPS (``--orientation``) so reorientation does work.
+bilinear)`` -> ``ScaleIntensityRanged``. medunet: ``read_nifti`` (ISA-L/zlib-ng inflate via
+``medunet.io.fast_gzip``) -> ``Predictor.preprocess`` (transpose + flips, separable linear resampling
+that reproduces ``Spacing``, the same window). A wide window (-1024..3071 HU) keeps the compared
+volumes' full range. The volume is stored LPS (``--orientation``) so reorientation does work.
 Agreement: max abs difference (HU) and correlation of the two resampled volumes.
 
 The I/O rows time the gzip layer alone: inflating the CT (``gzip`` = what nibabel uses vs ISA-L and
@@ -31,10 +32,19 @@ from benchmarks.common import HEADER, Row, print_row, timeit, write_results
 from benchmarks.synthetic_ct import synthetic_ct_path
 
 SPACING = (1.5, 1.5, 2.0)
+#: A wide intensity window (HU), so the compared volumes keep their full dynamic range.
+WINDOW = (-1024.0, 3071.0)
 
 
 def stock_pipeline(spacing: Sequence[float] = SPACING) -> Callable[[str], torch.Tensor]:
-    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirstd,
+        LoadImaged,
+        Orientationd,
+        ScaleIntensityRanged,
+        Spacingd,
+    )
 
     pre = Compose(
         [
@@ -42,30 +52,32 @@ def stock_pipeline(spacing: Sequence[float] = SPACING) -> Callable[[str], torch.
             EnsureChannelFirstd("image"),
             Orientationd("image", axcodes="RAS"),
             Spacingd("image", pixdim=tuple(spacing), mode="bilinear"),
+            ScaleIntensityRanged("image", a_min=WINDOW[0], a_max=WINDOW[1], b_min=0.0, b_max=1.0, clip=True),
         ]
     )
     return lambda path: pre({"image": path})["image"].as_tensor()
 
 
 def medunet_pipeline(spacing: Sequence[float] = SPACING) -> Callable[[str], torch.Tensor]:
-    """``read_nifti`` + the Predictor's geometry steps (the intensity step is left out on purpose)."""
-    from medunet.inference.geometry import plan_grid, resample_to_network, to_ras
+    """``read_nifti`` + ``Predictor.preprocess`` (exactly what ``medunet predict`` runs before the network)."""
+    from medunet.inference import Predictor
     from medunet.io.nifti import read_nifti
+    from medunet.plans import Intensity, Plans
 
-    def run(path: str) -> torch.Tensor:
-        vol = read_nifti(path)
-        grid = plan_grid(vol.shape, vol.affine, spacing)
-        t = torch.from_numpy(np.asarray(vol.array))[None]  # compact int16; float after the transpose
-        t = to_ras(t, grid).float()
-        return resample_to_network(t, grid)
-
-    return run
+    plans = Plans(
+        labels={0: "background", 1: "organ"},
+        target_spacing=tuple(spacing),  # type: ignore[arg-type]
+        patch_size=(96, 96, 96),
+        intensity=Intensity("ct_window", *WINDOW),
+    )
+    predictor = Predictor(torch.nn.Identity(), plans, device="cpu")
+    return lambda path: predictor.preprocess(read_nifti(path))[0][0]
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     if a.shape != b.shape:
         raise AssertionError(f"shapes differ: stock {tuple(a.shape)} vs medunet {tuple(b.shape)}")
-    diff = float((a - b).abs().max())
+    diff = float((a - b).abs().max()) * (WINDOW[1] - WINDOW[0])  # back to HU
     x, y = a.flatten().double(), b.flatten().double()
     corr = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
     return diff, corr
