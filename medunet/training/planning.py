@@ -132,11 +132,12 @@ def auto_patch_size(
     divisor = patch_divisor(
         network, spatial_dims, **{k: v for k, v in network_kwargs.items() if k != "spacing"}
     )
-    patch = [max(d, math.ceil(f / d) * d) for f, d in zip(fov, divisor, strict=True)]
+    # At least two voxels at the bottleneck: instance norm needs more than one spatial element.
+    patch = [max(2 * d, math.ceil(f / d) * d) for f, d in zip(fov, divisor, strict=True)]
     while math.prod(patch) > budget:
         # Shrink the axis that is largest in voxels, keeping it a multiple of its divisor.
         i = max(range(spatial_dims), key=lambda k: (patch[k], -k))
-        if patch[i] <= divisor[i]:
+        if patch[i] <= 2 * divisor[i]:
             break
         patch[i] -= divisor[i]
     return valid_patch_size(network, patch, rounding="down", **network_kwargs)

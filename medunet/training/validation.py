@@ -25,7 +25,8 @@ def build_inferer(plans: Plans, sw_batch_size: int = 4, overlap: float = 0.5) ->
     """
     common: dict[str, Any] = {
         "roi_size": tuple(plans.patch_size),
-        "sw_batch_size": sw_batch_size,
+        # 2D windows are single slices: batch many per forward pass (8x fewer calls on CPU).
+        "sw_batch_size": sw_batch_size * (8 if plans.spatial_dims == 2 else 1),
         "overlap": overlap,
         "mode": "gaussian",
     }

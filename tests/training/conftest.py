@@ -1,62 +1,15 @@
-"""Tiny labelled CT datasets written to ``tmp_path`` (Decathlon layout), fast enough for training tests."""
+"""Fixtures for training tests: a tiny labelled CT dataset (see ``tiny_data``)."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
-LABELS = {"0": "background", "1": "liver", "2": "left_kidney", "3": "right_kidney"}
+sys.path.insert(0, str(Path(__file__).parent))
 
-
-def make_tiny_ct_dataset(
-    root: Path,
-    n_cases: int = 5,
-    shape: tuple[int, int, int] = (40, 40, 24),
-    spacing: tuple[float, float, float] = (2.0, 2.0, 3.0),
-    seed: int = 0,
-) -> Path:
-    """Ellipsoid 'organs' in a soft-tissue body, HU-like intensities plus noise, RAS affine."""
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), -1)
-    centre = np.array(shape) / 2
-    entries = []
-    for i in range(n_cases):
-        jitter = rng.uniform(-1.5, 1.5, 3)
-        body = (((grid - centre) / (np.array(shape) * 0.45)) ** 2).sum(-1) < 1
-        image = np.where(body, 40.0, -1000.0)
-        label = np.zeros(shape, np.uint8)
-        organs = [  # (label, centre offset in voxels, radii in voxels, HU)
-            (1, (-8, 4, 0), (8, 7, 6), 120.0),  # liver on patient's right (low x in RAS = right... any side)
-            (2, (9, -6, 0), (4, 4, 4), 200.0),
-            (3, (-9, -6, 0), (4, 4, 4), 200.0),
-        ]
-        for value, offset, radii, hu in organs:
-            c = centre + np.array(offset) + jitter
-            inside = (((grid - c) / np.array(radii)) ** 2).sum(-1) < 1
-            image[inside] = hu
-            label[inside] = value
-        image = image + rng.normal(0, 10, shape)
-        affine = np.diag([*spacing, 1.0])
-        name = f"case_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(image.astype(np.int16), affine), root / "imagesTr" / name)
-        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
-        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {
-        "name": "tiny",
-        "modality": {"0": "CT"},
-        "labels": LABELS,
-        "numTraining": n_cases,
-        "training": entries,
-        "test": [],
-    }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
-    return root
+from tiny_data import make_tiny_ct_dataset  # noqa: E402
 
 
 @pytest.fixture
