@@ -186,6 +186,9 @@ def train(kind: str, args: argparse.Namespace, data: tuple, plans: Any) -> dict[
             history.append((it, round(clock, 2), round(dice, 4)))
             if dice >= args.target:
                 reached = clock
+    if not history or history[-1][0] != it:  # stopped by the time cap between validations
+        dice = _val_dice(net, val, plans)
+        history.append((it, round(clock, 2), round(dice, 4)))
     return {
         "iterations": it,
         "train_s": clock,
