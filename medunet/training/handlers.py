@@ -23,7 +23,7 @@ from ignite.engine import Engine, Events
 from medunet.errors import CheckpointError
 from medunet.io.atomic import atomic_write_text
 from medunet.plans import Plans
-from medunet.training.checkpoint import save_checkpoint
+from medunet.training.checkpoint import load_checkpoint, save_checkpoint
 from medunet.training.environment import TrainingEnv
 from medunet.training.state import find_resume_checkpoint, rng_state, set_rng_state
 from medunet.training.validation import Validator
@@ -185,6 +185,9 @@ class Checkpointer:
     * when validation improves ``val_dice_mean``: ``best.pt``;
     * when training completes: ``last.pt``.
 
+    ``init_from`` (fine-tuning) loads only the network weights of another checkpoint at the start of
+    a fresh run; its plans must match this run's (same labels and network).
+
     Every file holds model, optimizer, scheduler, AMP scaler, epoch, iteration, best metric, RNG
     states and plans. With ``resume`` the newest *valid* checkpoint is loaded when training starts
     and the epoch count continues from it.
@@ -201,6 +204,7 @@ class Checkpointer:
         resume: bool = False,
         interval: int = 1,
         keep_last: int = 2,
+        init_from: str | Path | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.plans = plans
@@ -211,6 +215,7 @@ class Checkpointer:
         self.resume = bool(resume)
         self.interval = max(1, int(interval))
         self.keep_last = max(1, int(keep_last))
+        self.init_from = Path(init_from) if init_from else None
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._maybe_resume)
@@ -263,6 +268,8 @@ class Checkpointer:
         if not self.resume:
             if self.env.is_main:
                 self._clear_previous_run()
+            if self.init_from is not None:
+                self._init_weights(self.init_from)
             return
         for tmp in self.output_dir.glob(".*.tmp*"):  # debris of a write that was killed
             tmp.unlink(missing_ok=True)
@@ -278,6 +285,17 @@ class Checkpointer:
         logger.info(
             "resumed from %s: epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration
         )
+
+    def _init_weights(self, path: Path) -> None:
+        """Fine-tuning: start from another run's weights (optimizer, schedule and epochs start fresh)."""
+        state = load_checkpoint(path)
+        try:
+            self.network.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                path, f"weights do not fit this run's network: {str(exc).splitlines()[0]}"
+            ) from None
+        logger.info("initialised the network from %s (epoch %s of that run)", path, state.get("epoch"))
 
     def _clear_previous_run(self) -> None:
         """A fresh run in a used directory: drop the old run's resume points and metric logs."""

@@ -104,14 +104,32 @@ def make_plans(
     return plans
 
 
-def plans_for_run(plans: Plans, output_dir: str | Path, env: TrainingEnv, resume: bool = False) -> Plans:
-    """Save ``plans.json``; when resuming, the run's saved plans win over freshly derived ones."""
+def plans_for_run(
+    plans: Plans,
+    output_dir: str | Path,
+    env: TrainingEnv,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+) -> Plans:
+    """Save ``plans.json``. Resuming: the run's saved plans win over freshly derived ones.
+    Fine-tuning (``init_from``): the source checkpoint's plans are used, so its weights fit."""
     path = Path(output_dir) / "plans.json"
     if resume and path.is_file():
         saved = Plans.load(path)
         if saved != plans:
             logger.warning("resume: using the run's saved %s (differs from freshly derived plans)", path)
         return saved
+    if init_from:
+        from medunet.training.checkpoint import load_checkpoint
+
+        source = Plans.from_dict(load_checkpoint(init_from)["plans"])
+        if source.labels != plans.labels:
+            raise ConfigError(
+                init_from,
+                f"labels {source.labels} differ from the dataset's {plans.labels}: cannot fine-tune",
+            )
+        logger.info("fine-tuning: using the plans of %s", init_from)
+        plans = source
     if env.is_main:
         plans.save(path)
     return plans

@@ -60,6 +60,11 @@ def test_resume_continues_the_epoch_count(tiny_dataset, tmp_path):
     assert load_checkpoint(out / "last.pt")["epoch"] == 4
     # Rolling resume points: only the newest two are kept.
     assert sorted(p.name for p in out.glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]
+    # Fine-tuning from that run: a fresh epoch count, and the source plans win over new overrides.
+    tuned = tmp_path / "tuned"
+    run_bundle(tiny_dataset, tuned, max_epochs=1, init_from=str(out / "last.pt"), patch_size=[48, 48, 48])
+    assert load_checkpoint(tuned / "last.pt")["epoch"] == 1
+    assert Plans.load(tuned / "plans.json") == Plans.load(out / "plans.json")
 
 
 def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path):
