@@ -15,6 +15,7 @@ source grid bit for bit: same shape, same affine.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -161,3 +162,124 @@ def resample_to_ras(t: torch.Tensor, grid: GridMap, *, mode: str = "nearest") ->
     for k in range(3):
         t = fn(t, lead + k, grid.ras_shape[k], 1.0 / grid.scale[k])
     return t
+
+
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+"""Half-open index ranges ``((x0, x1), (y0, y1), (z0, z1))`` on the resampled (network) grid."""
+
+_CHUNK_VOXELS = 1 << 22  # elements per slab of a resampling pass: bounds the float temporaries
+
+
+def _lerp_axis_np(a: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``a[i0] + w * (a[i1] - a[i0])`` along ``axis`` in float32, slab by slab along another axis.
+
+    ``a`` may be any dtype and any (strided, flipped) view; the gathers run on the compact source dtype
+    and only the slab being interpolated exists in float32 at a time.
+    """
+    out_shape = list(a.shape)
+    out_shape[axis] = len(i0)
+    out = np.empty(out_shape, dtype=np.float32)
+    chunk_axis = 1 if axis != 1 else 2
+    if a.ndim <= chunk_axis:
+        chunk_axis = 0
+    per = max(1, math.prod(out_shape) // max(out_shape[chunk_axis], 1))
+    step = max(1, _CHUNK_VOXELS // per)
+    w_shape = [1] * a.ndim
+    w_shape[axis] = len(w)
+    wv = w.reshape(w_shape)
+    exact = bool(np.all(w == 0))
+    for s in range(0, a.shape[chunk_axis], step):
+        sl = [slice(None)] * a.ndim
+        sl[chunk_axis] = slice(s, s + step)
+        src = a[tuple(sl)]
+        dst = out[tuple(sl)]
+        dst[...] = np.take(src, i0, axis=axis)
+        if not exact:
+            hi = np.take(src, i1, axis=axis).astype(np.float32)
+            hi -= dst
+            hi *= wv
+            dst += hi
+    return out
+
+
+def source_to_network(array: np.ndarray, grid: GridMap, box: Box | None = None) -> np.ndarray:
+    """Source array ``(X, Y, Z, C)`` (any dtype, any memory order) -> ``(C, X', Y', Z')`` float32, C-order.
+
+    Reorientation and linear resampling in one go (what :func:`to_ras` + :func:`resample_to_network`
+    compute, to float rounding): the spatial axes are visited in memory order, outermost first, so the
+    gathers copy whole planes and rows and the inner-axis gather runs on already shrunk data; flips of
+    resampled axes are folded into the gather indices, other flips are free strided views; only the
+    resampled values are ever float32; one final permuted copy gives the RAS (network) axis order.
+    ``box`` restricts the output to that part of the resampled grid (and so is all that is computed).
+    """
+    if box is None:
+        box = tuple((0, n) for n in grid.resampled_shape)  # type: ignore[assignment]
+    a = np.moveaxis(array, 3, 0)  # (C, X, Y, Z) view
+    order = sorted(range(3), key=lambda ax: -abs(a.strides[1 + ax]))  # source axes, outermost first
+    ras_of = {grid.perm[k]: k for k in range(3)}
+    cur = a.transpose(0, *(1 + ax for ax in order))
+    for pos, ax in enumerate(order):
+        k = ras_of[ax]
+        lo, hi = box[k]  # type: ignore[index]
+        n_in = grid.ras_shape[k]
+        axis = 1 + pos
+        if lo == 0 and hi == n_in and abs(grid.scale[k] - 1.0) < 1e-12:
+            if grid.flip[k]:
+                cur = np.flip(cur, axis)
+            continue
+        p = np.clip(np.arange(lo, hi, dtype=np.float64) * grid.scale[k], 0, n_in - 1)
+        i0 = np.floor(p).astype(np.intp)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        w = (p - i0).astype(np.float32)
+        if grid.flip[k]:
+            i0, i1 = n_in - 1 - i0, n_in - 1 - i1
+        cur = _lerp_axis_np(cur, axis, i0, i1, w)
+    to_ras_order = [1 + order.index(grid.perm[k]) for k in range(3)]
+    view = cur.transpose(0, *to_ras_order)
+    out = np.empty(view.shape, dtype=np.float32)
+    np.copyto(out, view, casting="unsafe")
+    return out
+
+
+def foreground_box(
+    array: np.ndarray,
+    grid: GridMap,
+    *,
+    threshold: float | None,
+    margin: int,
+    min_fraction: float = 5e-4,
+    stride: int = 2,
+) -> Box | None:
+    """Bounding box on the resampled grid of the voxels above ``threshold`` (``None``: non-zero voxels).
+
+    Computed on a ``stride``-subsampled source array; slices (along each axis) holding fewer than
+    ``min_fraction`` of their voxels (and at least 2) count as empty -- a cheap clean against stray noise.
+    ``margin`` resampled voxels are added on every side. ``None`` when nothing is foreground.
+    """
+    sub = array[::stride, ::stride, ::stride]
+    mask = (sub > threshold) if threshold is not None else (sub != 0)
+    if mask.ndim == 4:
+        mask = mask.any(axis=3)
+    src_range: list[tuple[int, int]] = []
+    for ax in range(3):
+        others = tuple(o for o in range(3) if o != ax)
+        counts = mask.sum(axis=others)
+        area = math.prod(mask.shape[o] for o in others)
+        keep = np.flatnonzero(counts >= max(2, min_fraction * area))
+        if keep.size == 0:
+            return None
+        lo = int(keep[0]) * stride
+        hi = min(int(keep[-1]) * stride + stride - 1, grid.source_shape[ax] - 1)  # inclusive
+        src_range.append((lo, hi))
+    box = []
+    for k in range(3):
+        ax = grid.perm[k]
+        lo, hi = src_range[ax]
+        n = grid.source_shape[ax]
+        if grid.flip[k]:
+            lo, hi = n - 1 - hi, n - 1 - lo
+        s = grid.scale[k]
+        j_lo = math.floor(lo / s) - margin
+        j_hi = math.ceil(hi / s) + margin + 1
+        box.append((max(0, j_lo), min(grid.resampled_shape[k], j_hi)))
+    return tuple(box)  # type: ignore[return-value]

@@ -25,7 +25,16 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medunet.errors import InvalidImageError
-from medunet.inference.geometry import GridMap, plan_grid, resample_to_network, resample_to_ras, to_ras
+from medunet.inference.geometry import (
+    Box,
+    GridMap,
+    foreground_box,
+    plan_grid,
+    resample_to_network,
+    resample_to_ras,
+    source_to_network,
+    to_ras,
+)
 from medunet.inference.geometry import from_ras as _from_ras
 from medunet.inference.postprocess import fill_holes, keep_largest_component
 from medunet.io.volume import Volume
@@ -58,9 +67,10 @@ def normalize_intensity(t: torch.Tensor, intensity: Intensity) -> torch.Tensor:
 
     ``ct_window`` matches ``ScaleIntensityRanged(a_min, a_max, 0, 1, clip=True)``; ``zscore_nonzero``
     matches ``NormalizeIntensityd(nonzero=True, channel_wise=True)`` (population std, zeros kept).
+    The CT window is applied in place (``t`` is overwritten); the z-score returns a new tensor.
     """
     if intensity.kind == "ct_window":
-        return ((t - intensity.a_min) / (intensity.a_max - intensity.a_min)).clamp_(0.0, 1.0)
+        return t.sub_(intensity.a_min).div_(intensity.a_max - intensity.a_min).clamp_(0.0, 1.0)
     out = t.clone()
     for c in range(t.shape[0]):
         mask = t[c] != 0
@@ -106,6 +116,12 @@ class Predictor:
         largest_component: keep only the largest connected component of each organ.
         fill_holes: fill enclosed cavities of each organ.
         slice_batch_size: axial slices per call for 2D networks.
+        crop_foreground: run the network only on the bounding box of the body (CT: voxels above
+            ``foreground_hu``; other intensities: non-zero voxels) plus ``crop_margin`` network voxels,
+            and predict background outside it. ``None`` = on for CT-window plans, off otherwise (a
+            z-score over the crop would see other statistics).
+        crop_margin: margin around the foreground box, in network-grid voxels.
+        foreground_hu: CT threshold of the foreground box.
     """
 
     def __init__(
@@ -122,6 +138,9 @@ class Predictor:
         largest_component: bool = False,
         fill_holes: bool = False,
         slice_batch_size: int = 32,
+        crop_foreground: bool | None = None,
+        crop_margin: int = 8,
+        foreground_hu: float = -500.0,
     ) -> None:
         self.device = _resolve_device(device)
         self.net = net.to(self.device).eval()
@@ -134,6 +153,11 @@ class Predictor:
         self.largest_component = bool(largest_component)
         self.fill_holes = bool(fill_holes)
         self.slice_batch_size = int(slice_batch_size)
+        if crop_foreground is None:
+            crop_foreground = plans.intensity.kind == "ct_window"
+        self.crop_foreground = bool(crop_foreground)
+        self.crop_margin = int(crop_margin)
+        self.foreground_hu = float(foreground_hu)
         self.checkpoint: Path | None = None
         self.checkpoint_sha256: str | None = None
 
@@ -152,6 +176,10 @@ class Predictor:
     # ------------------------------------------------------------------ preprocessing
     def preprocess(self, volume: Volume) -> tuple[torch.Tensor, GridMap]:
         """Volume -> ``(1, C, X', Y', Z')`` float32 on the device in the network's grid, plus the map."""
+        array, grid = self._check(volume)
+        return self._to_network(array, grid, None), grid
+
+    def _check(self, volume: Volume) -> tuple[np.ndarray, GridMap]:
         array = np.asarray(volume.array)
         if array.ndim == 3:
             array = array[..., None]
@@ -166,15 +194,35 @@ class Predictor:
             raise InvalidImageError(volume.source, f"empty image of shape {array.shape[:3]}")
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise InvalidImageError(volume.source, "image contains NaN/Inf values")
-        grid = plan_grid(array.shape[:3], volume.affine, self.plans.target_spacing)
-        # Ship the compact source dtype to the device, convert there.
-        if array.dtype == np.uint16 or array.dtype.kind not in "iuf" or array.dtype.itemsize > 4:
-            array = array.astype(np.float32)
-        t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 3, 0))).to(self.device)
-        t = to_ras(t.float(), grid)
-        t = resample_to_network(t, grid)
+        return array, plan_grid(array.shape[:3], volume.affine, self.plans.target_spacing)
+
+    def _to_network(self, array: np.ndarray, grid: GridMap, box: Box | None) -> torch.Tensor:
+        """Reorient + resample (on the compact source dtype, only inside ``box``) + intensity, on the device.
+
+        On CPU the separable resampling runs in numpy (see ``source_to_network``): no full-size
+        C-order copy or float32 copy of the source array is ever made.
+        """
+        if self.device.type == "cpu":
+            t = torch.from_numpy(source_to_network(array, grid, box))
+        else:  # ship the compact source dtype, reorient and resample on the accelerator
+            if array.dtype == np.uint16 or array.dtype.kind not in "iuf" or array.dtype.itemsize > 4:
+                array = array.astype(np.float32)
+            t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, 3, 0))).to(self.device)
+            t = resample_to_network(to_ras(t.float(), grid), grid)
+            if box is not None:
+                t = t[(slice(None), *(slice(lo, hi) for lo, hi in box))].contiguous()
         t = normalize_intensity(t, self.plans.intensity)
-        return t.unsqueeze(0).contiguous(), grid
+        return t.unsqueeze(0)
+
+    def _crop_box(self, array: np.ndarray, grid: GridMap) -> Box | None:
+        """The network-grid box to run on, or ``None`` for the whole grid."""
+        if not self.crop_foreground:
+            return None
+        threshold = self.foreground_hu if self.plans.intensity.kind == "ct_window" else None
+        box = foreground_box(array, grid, threshold=threshold, margin=self.crop_margin)
+        if box is None or all(b == (0, n) for b, n in zip(box, grid.resampled_shape, strict=True)):
+            return None
+        return box
 
     # ------------------------------------------------------------------ network
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
@@ -243,26 +291,31 @@ class Predictor:
     ) -> Prediction:
         """Segment ``volume``; the label map (and optional maps) lie on its exact grid."""
         t0 = time.perf_counter()
-        x, grid = self.preprocess(volume)
+        array, grid = self._check(volume)
+        box = self._crop_box(array, grid)
+        x = self._to_network(array, grid, box)
+        del array
         t1 = time.perf_counter()
         num_classes = self.plans.num_classes
         label_dtype = torch.uint8 if num_classes <= 256 else torch.int32
-        labels = torch.empty(grid.resampled_shape, dtype=label_dtype, device=self.device)
-        entropy = torch.empty(grid.resampled_shape, device=self.device) if uncertainty else None
-        probs = (
-            torch.empty((num_classes, *grid.resampled_shape), device=self.device)
-            if return_probabilities
-            else None
-        )
+        # Outside the foreground box: background, with certainty.
+        labels = torch.zeros(grid.resampled_shape, dtype=label_dtype, device=self.device)
+        entropy = torch.zeros(grid.resampled_shape, device=self.device) if uncertainty else None
+        probs = None
+        if return_probabilities:
+            probs = torch.zeros((num_classes, *grid.resampled_shape), device=self.device)
+            probs[0] = 1.0
+        inner = (slice(None),) * 3 if box is None else tuple(slice(lo, hi) for lo, hi in box)
         for zs, logits in self._logit_chunks(x):
-            labels[..., zs] = logits.argmax(0).to(label_dtype)
+            labels[inner][..., zs] = logits.argmax(0).to(label_dtype)
             if entropy is not None or probs is not None:
                 p = torch.softmax(logits, 0)
                 if entropy is not None:
                     ent = -(p * torch.log(p.clamp_min(1e-12))).sum(0)
-                    entropy[..., zs] = ent / math.log(max(num_classes, 2))
+                    entropy[inner][..., zs] = ent / math.log(max(num_classes, 2))
                 if probs is not None:
-                    probs[..., zs] = p
+                    probs[(slice(None), *inner)][..., zs] = p
+            del logits
         del x
         t2 = time.perf_counter()
         to_src: Callable[[torch.Tensor, str], np.ndarray] = lambda t, m: (  # noqa: E731
@@ -284,10 +337,11 @@ class Predictor:
         t3 = time.perf_counter()
         prediction.timings = {"preprocess_s": t1 - t0, "inference_s": t2 - t1, "postprocess_s": t3 - t2}
         logger.debug(
-            "%s: %s -> network grid %s, %.2fs pre, %.2fs net, %.2fs post",
+            "%s: %s -> network grid %s (box %s), %.2fs pre, %.2fs net, %.2fs post",
             volume.source,
             grid.source_shape,
             grid.resampled_shape,
+            box,
             t1 - t0,
             t2 - t1,
             t3 - t2,
