@@ -143,6 +143,7 @@ def evaluate_run(
     which: Literal["test", "val", "all"] = "test",
     device: str = "auto",
     save_predictions: bool = False,
+    largest_component: bool = False,
 ) -> dict:
     """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`."""
     from medunet.training.data import resolve_dataset
@@ -150,7 +151,13 @@ def evaluate_run(
     datalist = resolve_dataset(dataset_dir)
     cases = evaluation_cases(datalist, run_dir, which)
     return evaluate(
-        checkpoint, cases, datalist.labels, output_dir, device=device, save_predictions=save_predictions
+        checkpoint,
+        cases,
+        datalist.labels,
+        output_dir,
+        device=device,
+        save_predictions=save_predictions,
+        largest_component=largest_component,
     )
 
 

@@ -68,7 +68,7 @@ def test_resume_continues_the_epoch_count(tiny_dataset, tmp_path):
 
 
 def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path):
-    from medunet.evaluation import infer
+    from medunet.evaluation import evaluate_run, infer
 
     data = make_tiny_ct_dataset(tmp_path / "ds", n_cases=4)
     # A test image stored L-P-I with its own origin: the mask must come back on exactly that grid.
@@ -91,6 +91,14 @@ def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path):
     assert np.allclose(seg.GetSpacing(), img.GetSpacing())
     assert sitk.GetArrayFromImage(seg).dtype == np.uint8
     assert set(np.unique(sitk.GetArrayFromImage(seg)).tolist()) <= {0, 1, 2, 3}
+    # evaluate.json's entry: the run's held-out cases scored on their original grid.
+    summary = evaluate_run(out / "last.pt", tmp_path / "eval", dataset_dir=data, run_dir=out, device="cpu")
+    val_ids = json.loads((out / "split.json").read_text())["val"]  # no test split -> validation cases
+    rows = list(csv.DictReader((tmp_path / "eval" / "per_case.csv").open()))
+    assert {r["case_id"] for r in rows} == set(val_ids) and len(rows) == 3 * len(val_ids)
+    assert set(summary) == {"liver", "left_kidney", "right_kidney", "mean"}
+    assert {"dice_mean", "dice_std", "hd95_mean", "n_empty_ref", "n_empty_pred"} <= set(summary["liver"])
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["liver"]["n"] == len(val_ids)
 
 
 def test_unreadable_file_fails_before_training_naming_the_file(tiny_dataset, tmp_path):
