@@ -68,6 +68,10 @@ class Setup:
     amp: bool = False
     threads: int = 0  # 0 = torch default
     prior: bool = True  # add the smooth intensity prior (see PriorUNet) to the random UNet's logits
+    # medunet's own settings; None = the Predictor's default (stock always runs overlap/blend above)
+    medunet_overlap: float | None = None
+    medunet_blend: str | None = None
+    crop_foreground: bool | None = None
 
 
 class PriorUNet:
@@ -183,6 +187,7 @@ def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, A
     baseline = _rss_mb()
     runner = _stock_runner if kind == "stock" else _medunet_runner
     run_one = runner(net, plans, setup, out_dir)
+    settings = getattr(run_one, "settings", {"overlap": setup.overlap, "mode": setup.blend})
     stages = dict.fromkeys(STAGES, 0.0)
     outputs: list[str] = []
     grid_shapes: list[tuple[int, ...]] = []
@@ -204,6 +209,8 @@ def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, A
         "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": baseline,
         "torch_threads": torch.get_num_threads(),
+        "crop_foreground": False,
+        **settings,
     }
     if setup.device.startswith("cuda"):
         res["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -294,14 +301,21 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
     from medunet.inference import Predictor
     from medunet.io.nifti import read_nifti, write_nifti
 
+    own: dict[str, Any] = {}  # medunet's defaults unless the command line overrides them
+    if setup.medunet_overlap is not None:
+        own["overlap"] = setup.medunet_overlap
+    if setup.medunet_blend is not None:
+        own["mode"] = setup.medunet_blend
+    if setup.crop_foreground is not None:
+        own["crop_foreground"] = setup.crop_foreground
     predictor = Predictor(
-        net,
-        plans,
-        device=setup.device,
-        sw_batch_size=setup.sw_batch_size,
-        overlap=setup.overlap,
-        mode=setup.blend,  # type: ignore[arg-type]
-        amp=setup.amp,
+        net, plans, device=setup.device, sw_batch_size=setup.sw_batch_size, amp=setup.amp, **own
+    )
+    logger.info(
+        "medunet Predictor: overlap %s, mode %s, crop_foreground %s",
+        predictor.overlap,
+        predictor.mode,
+        predictor.crop_foreground,
     )
 
     def run_one(path: str) -> tuple[str, dict[str, float], tuple[int, ...]]:
@@ -325,8 +339,15 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
         from medunet.inference.geometry import plan_grid
 
         grid = plan_grid(vol.shape, vol.affine, plans.target_spacing)
-        return str(out), times, grid.resampled_shape
+        box = pred.network_box  # the part of the grid the network ran on (foreground crop)
+        shape = grid.resampled_shape if box is None else tuple(hi - lo for lo, hi in box)
+        return str(out), times, shape
 
+    run_one.settings = {  # type: ignore[attr-defined]
+        "overlap": predictor.overlap,
+        "mode": predictor.mode,
+        "crop_foreground": predictor.crop_foreground,
+    }
     return run_one
 
 
@@ -375,7 +396,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--checkpoint", default=None, help="trained checkpoint instead of random weights")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sw-batch-size", type=int, default=4)
-    ap.add_argument("--blend", choices=("constant", "gaussian"), default="constant")
+    ap.add_argument("--blend", choices=("constant", "gaussian"), default="constant", help="stock blending")
+    ap.add_argument("--medunet-overlap", type=float, default=None, help="default: the Predictor's")
+    ap.add_argument("--medunet-blend", choices=("constant", "gaussian"), default=None)
+    ap.add_argument("--no-crop", action="store_true", help="medunet: no foreground crop")
     ap.add_argument("--amp", action="store_true", help="medunet: bf16/fp16 autocast (stock stays fp32)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-prior", action="store_true", help="pure random UNet logits (see PriorUNet)")
@@ -404,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             amp=args.amp,
             threads=args.threads,
             prior=not args.no_prior,
+            medunet_overlap=args.medunet_overlap,
+            medunet_blend=args.medunet_blend,
+            crop_foreground=False if args.no_crop else None,
         )
         if args.real:
             paths = sorted(str(p) for p in (OPENKBP / "imagesTr").glob("*.nii.gz"))[: args.max_cases]
@@ -435,7 +462,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
 
     net, _ = _build(setup)
     gflop = _gflop_per_window(net, setup.patch, "cpu")
-    n_windows = sum(_count_windows(g, setup.patch, setup.overlap) for g in results["medunet"]["grid_shapes"])
+    med_overlap = results["medunet"]["overlap"]
+    n_windows = sum(_count_windows(g, setup.patch, med_overlap) for g in results["medunet"]["grid_shapes"])
+    n_windows_stock = sum(
+        _count_windows(g, setup.patch, setup.overlap) for g in results["stock"]["grid_shapes"]
+    )
 
     name = (
         "smoke"
@@ -453,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             "dice_per_label_min_over_cases": dice,
             "cases": len(paths),
             "windows": n_windows,
+            "windows_stock": n_windows_stock,
             "gflop_per_window": gflop,
             "input_float32_mb": input_f32_mb,
             "setup": setup.__dict__,
@@ -485,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             tflops = n_windows * gflop / 1e3 / max(r["stages_s"]["sliding_window"], 1e-9)
             print(f"{k}: sliding window {tflops:.2f} TFLOP/s achieved")
     print(
-        f"network: {gflop:.3g} GFLOP per {setup.patch}^3 window, {n_windows} windows; Dice per label {dice}"
+        f"network: {gflop:.3g} GFLOP per {setup.patch}^3 window; windows stock {n_windows_stock} "
+        f"(overlap {setup.overlap}, {setup.blend}), medunet {n_windows} (overlap {med_overlap}, "
+        f"{results['medunet']['mode']}, crop {results['medunet']['crop_foreground']}); Dice per label {dice}"
     )
     if not args.smoke or args.out:
         print("results:", write_results("inference", [row], out=args.out, argv=list(sys.argv)))

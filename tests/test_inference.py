@@ -278,3 +278,88 @@ def test_fast_preprocessing_equals_training_inference_transforms(kind: str, tmp_
     assert tuple(ref.shape[1:]) == grid.resampled_shape
     np.testing.assert_allclose(ours[0].numpy(), np.asarray(ref), atol=1e-4)
     np.testing.assert_allclose(grid.resampled_affine, np.asarray(ref.affine), atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("kind", ["ras", "lps", "permuted", "oblique", "pli"])
+def test_source_to_network_equals_transpose_then_resample(kind: str, order: str) -> None:
+    """The memory-order numpy path (any layout, crop box) gives the torch reference's voxels."""
+    from medunet.inference.geometry import resample_to_network, source_to_network, to_ras
+
+    rng = np.random.default_rng(5)
+    arr, affine = variant(kind, rng.integers(-1000, 1000, (30, 27, 20)).astype(np.int16))
+    arr = np.asarray(arr, order=order)
+    grid = plan_grid(arr.shape, affine, (1.5, 0.7, 1.3))
+    ref = resample_to_network(to_ras(torch.from_numpy(np.ascontiguousarray(arr))[None].float(), grid), grid)
+    ours = source_to_network(arr[..., None], grid)
+    assert ours.dtype == np.float32 and ours.flags.c_contiguous
+    np.testing.assert_allclose(ours, ref.numpy(), atol=1e-3)  # HU, float32 rounding
+    box = ((2, 10), (3, 20), (1, 5))
+    np.testing.assert_allclose(
+        source_to_network(arr[..., None], grid, box), ref.numpy()[:, 2:10, 3:20, 1:5], atol=1e-3
+    )
+
+
+def _body_phantom() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int16 HU image in LPS storage, label map, affine): organs in a soft-tissue body in air."""
+    shape = (48, 40, 24)
+    lab = np.zeros(shape, np.uint8)
+    lab[16:24, 12:20, 8:14] = 1
+    lab[25:30, 20:26, 10:16] = 2
+    body = np.zeros(shape, bool)
+    body[12:34, 10:30, 4:20] = True
+    image = np.where(body, 0, -1000).astype(np.int16)
+    image[lab > 0] = 50 * lab[lab > 0]
+    image[1, 1, 1] = 1000  # a stray bright voxel in the air must not widen the box
+    arr, affine = variant("lps", image)
+    lab_src, _ = variant("lps", lab)
+    return arr, lab_src, affine
+
+
+def test_foreground_crop_gives_identical_labels_with_fewer_windows() -> None:
+    arr, lab, affine = _body_phantom()
+    plans = make_plans(spacing=(1.0, 1.0, 1.0), patch=(16, 16, 16))
+    full_net, crop_net = BandNet(), BandNet()
+    full = Predictor(full_net, plans, device="cpu", crop_foreground=False).predict(Volume(arr, affine))
+    crop = Predictor(crop_net, plans, device="cpu", crop_margin=2).predict(Volume(arr, affine))
+    assert full.network_box is None
+    assert crop.network_box is not None
+    # body: x 12..33 -> RAS 14..35 (L flip of 48), y 10..29 -> 10..29 (P flip of 40), z 4..19 at 2 mm -> 8..38
+    (x0, x1), (y0, y1), (z0, z1) = crop.network_box
+    assert x0 <= 14 and x1 >= 36 and y0 <= 10 and y1 >= 30 and z0 <= 8 and z1 >= 39
+    assert (x1 - x0) * (y1 - y0) * (z1 - z0) < 0.5 * arr.size
+    # Identical everywhere but the stray bright voxel in the air, which the crop leaves background.
+    stray = np.zeros(lab.shape, bool)
+    stray[-2, -2, 1] = True  # (1, 1, 1) of the RAS image, stored LPS
+    np.testing.assert_array_equal(crop.labels[~stray], full.labels[~stray])
+    assert full.labels[stray] == 2 and crop.labels[stray] == 0
+    np.testing.assert_array_equal(crop.labels, lab)
+    assert crop_net.calls < full_net.calls
+
+
+def test_foreground_crop_defaults_and_fallbacks() -> None:
+    plans = make_plans()
+    assert Predictor(BandNet(), plans, device="cpu").crop_foreground  # CT window: on
+    mr = Plans(
+        labels=LABELS,
+        target_spacing=(1, 1, 1),
+        patch_size=(16, 16, 16),
+        intensity=Intensity("zscore_nonzero"),
+    )
+    assert not Predictor(BandNet(), mr, device="cpu").crop_foreground
+    # all air: nothing to crop to -> the whole grid runs (and says background)
+    air = Volume(np.full((20, 20, 20), -1000, np.int16), np.eye(4))
+    pred = Predictor(BandNet(), make_plans(spacing=(1.0, 1.0, 1.0)), device="cpu").predict(air)
+    assert pred.network_box is None and not pred.labels.any()
+
+
+def test_foreground_crop_fills_probabilities_and_uncertainty_outside_box() -> None:
+    arr, lab, affine = _body_phantom()
+    plans = make_plans(spacing=(1.0, 1.0, 1.0), patch=(16, 16, 16))
+    pred = Predictor(BandNet(), plans, device="cpu", crop_margin=1).predict(
+        Volume(arr, affine), uncertainty=True, return_probabilities=True
+    )
+    assert pred.network_box is not None and pred.probabilities is not None and pred.uncertainty is not None
+    np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(pred.probabilities.argmax(0), lab)
+    assert pred.uncertainty[0, 0, 0] == 0.0 and pred.probabilities[0, 0, 0, 0] == 1.0

@@ -51,7 +51,8 @@ class Prediction:
 
     ``labels`` has the volume's shape and lies on ``affine`` (the volume's affine); ``uncertainty`` is
     the voxel-wise softmax entropy divided by ``log(num_classes)`` (0 = certain, 1 = uniform);
-    ``probabilities`` is ``(num_classes, X, Y, Z)`` float32 when requested.
+    ``probabilities`` is ``(num_classes, X, Y, Z)`` float32 when requested. ``network_box`` is the
+    part of the network grid the network ran on (``None``: all of it; outside it, background).
     """
 
     labels: np.ndarray
@@ -60,6 +61,7 @@ class Prediction:
     uncertainty: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    network_box: tuple[tuple[int, int], ...] | None = None
 
 
 def normalize_intensity(t: torch.Tensor, intensity: Intensity) -> torch.Tensor:
@@ -333,6 +335,7 @@ class Predictor:
             label_names=dict(self.plans.labels),
             uncertainty=None if entropy is None else to_src(entropy, "nearest").astype(np.float32),
             probabilities=None if probs is None else to_src(probs, "linear").astype(np.float32),
+            network_box=box,
         )
         t3 = time.perf_counter()
         prediction.timings = {"preprocess_s": t1 - t0, "inference_s": t2 - t1, "postprocess_s": t3 - t2}
