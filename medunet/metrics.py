@@ -35,7 +35,9 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,17 +109,41 @@ def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tupl
     return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b, strict=True))
 
 
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _surface(mask: np.ndarray) -> np.ndarray:
-    """Surface voxels: ``mask & ~erode(mask)`` with the face-connected cross, outside = background."""
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    """Surface voxels: ``mask & ~erode(mask)`` with the face-connected cross, outside = background.
+
+    The erosion is written as ANDs of the mask shifted by one voxel along each axis (interior voxels
+    are those whose 2 * ndim face neighbours are all set); ~9x less CPU than
+    ``ndimage.binary_erosion(mask, border_value=0)`` on organ boxes, and bit-identical to it.
+    """
+    inner = np.zeros_like(mask)
+    if min(mask.shape) >= 3:
+        mid = (slice(1, -1),) * mask.ndim
+        core = mask[mid].copy()
+        for ax in range(mask.ndim):
+            for shifted in (slice(0, -2), slice(2, None)):
+                core &= mask[mid[:ax] + (shifted,) + mid[ax + 1 :]]
+        inner[mid] = core
+    return mask & ~inner
 
 
-def _distances_to(surface: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def _distances_to(surface: np.ndarray, spacing: Sequence[float], threads: int = 1) -> np.ndarray:
     """Distance (mm) from every voxel of the box to the nearest voxel of ``surface``.
 
-    uint8 input: ``edt`` is ~25 % faster on it than on bool (measured, 2M-voxel box)."""
+    uint8 input: ``edt`` is ~25 % faster on it than on bool (measured, 2M-voxel box). ``edt`` holds
+    the GIL (so Python threads over organs would not overlap it) but runs ``parallel`` C++ threads."""
     return edt.edt(
-        np.ascontiguousarray(~surface).view(np.uint8), anisotropy=tuple(spacing), black_border=False
+        np.ascontiguousarray(~surface).view(np.uint8),
+        anisotropy=tuple(spacing),
+        black_border=False,
+        parallel=threads,
     )
 
 
@@ -130,6 +156,7 @@ def _score_one(
     nsd_tolerance_mm: float,
     percentile: float,
     hausdorff: bool,
+    threads: int = 1,
 ) -> OrganScore:
     n_pred = int(np.count_nonzero(pred_box))
     n_ref = int(np.count_nonzero(ref_box))
@@ -142,8 +169,8 @@ def _score_one(
     if not hausdorff:
         return OrganScore(dice, math.nan, math.nan, False, False, **vol)
     s_pred, s_ref = _surface(pred_box), _surface(ref_box)
-    d_pred_to_ref = _distances_to(s_ref, spacing)[s_pred]
-    d_ref_to_pred = _distances_to(s_pred, spacing)[s_ref]
+    d_pred_to_ref = _distances_to(s_ref, spacing, threads)[s_pred]
+    d_ref_to_pred = _distances_to(s_pred, spacing, threads)[s_ref]
     q = percentile / 100.0
     hd = max(float(np.quantile(d_pred_to_ref, q)), float(np.quantile(d_ref_to_pred, q)))
     ok = np.count_nonzero(d_pred_to_ref <= nsd_tolerance_mm) + np.count_nonzero(
@@ -162,6 +189,7 @@ def organ_metrics(
     nsd_tolerance_mm: float = 2.0,
     percentile: float = 95.0,
     hausdorff: bool = True,
+    threads: int | None = None,
 ) -> dict[str, OrganScore]:
     """Dice, HD``percentile`` (mm) and surface Dice for every organ in ``labels`` (label 0 is skipped).
 
@@ -170,6 +198,9 @@ def organ_metrics(
     (MONAI's ``percentile=None``). ``hausdorff=False`` skips the surface metrics (hd95 and
     nsd are then NaN for non-empty organs) for a cheap Dice-only pass. See the module docstring for the
     exact definitions and the empty-organ policy.
+
+    ``threads`` (default: the CPUs this process may use) is the number of threads each EDT runs on
+    (and the two bounding-box passes run side by side). Results do not depend on it.
     """
     p, r = _as_labelmap(pred, "pred"), _as_labelmap(ref, "ref")
     if p.shape != r.shape:
@@ -189,15 +220,14 @@ def organ_metrics(
     if not organs:
         return {}
     max_label = max(organs)
-    boxes_p, boxes_r = _find_boxes(p, max_label), _find_boxes(r, max_label)
+    n_threads = max(1, int(threads) if threads is not None else _available_cpus())
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    out: dict[str, OrganScore] = {}
-    for lab, name in sorted(organs.items()):
+
+    def score(lab: int) -> OrganScore:
         box = _union_box(boxes_p[lab - 1], boxes_r[lab - 1])
         if box is None:
-            out[name] = OrganScore(1.0, 0.0, 1.0, True, True, 0.0, 0.0)
-            continue
-        out[name] = _score_one(
+            return OrganScore(1.0, 0.0, 1.0, True, True, 0.0, 0.0)
+        return _score_one(
             p[box] == lab,
             r[box] == lab,
             spacing,
@@ -205,7 +235,18 @@ def organ_metrics(
             nsd_tolerance_mm=nsd_tolerance_mm,
             percentile=percentile,
             hausdorff=hausdorff,
+            threads=n_threads,
         )
+
+    labs = sorted(organs)
+    if n_threads > 1:  # the two bounding-box passes release the GIL
+        with ThreadPoolExecutor(2) as pool:
+            fp, fr = pool.submit(_find_boxes, p, max_label), pool.submit(_find_boxes, r, max_label)
+            boxes_p, boxes_r = fp.result(), fr.result()
+    else:
+        boxes_p, boxes_r = _find_boxes(p, max_label), _find_boxes(r, max_label)
+    scores = [score(lab) for lab in labs]
+    out = {organs[lab]: s for lab, s in zip(labs, scores, strict=True)}
     logger.debug(
         "organ_metrics: %d organs, %d empty in ref, %d empty in pred",
         len(out),

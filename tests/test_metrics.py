@@ -309,3 +309,26 @@ def test_table_csv_and_json(tmp_path) -> None:
 def test_table_rejects_reserved_organ_name() -> None:
     with pytest.raises(LabelError):
         MetricsTable().add("c", {"mean": _score(1.0, 0.0)})
+
+
+@pytest.mark.parametrize("shape", [(17, 13, 9), (2, 9, 7), (21, 18), (1, 5)])
+def test_surface_equals_binary_erosion(shape) -> None:
+    """The shifted-AND surface is bit-identical to ``mask & ~binary_erosion(mask, border_value=0)``."""
+    from medunet.metrics import _surface
+
+    rng = np.random.default_rng(len(shape))
+    for density in (0.3, 0.7, 0.95, 1.0):
+        mask = rng.random(shape) < density
+        np.testing.assert_array_equal(_surface(mask), ref_surface(mask))
+        np.testing.assert_array_equal(_surface(mask), mask & ~ndimage.binary_erosion(mask, border_value=0))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_threads_do_not_change_results(threads) -> None:
+    rng = np.random.default_rng(7)
+    ref = random_blobs(rng, (40, 36, 20), 4)
+    pred = random_blobs(rng, (40, 36, 20), 4)
+    labels = {k: f"o{k}" for k in range(1, 5)}
+    assert organ_metrics(pred, ref, labels, (0.8, 0.8, 2.0), threads=threads) == organ_metrics(
+        pred, ref, labels, (0.8, 0.8, 2.0), threads=1
+    )
