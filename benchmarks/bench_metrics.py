@@ -119,10 +119,15 @@ def stock_monai(
     return total, onehot_s, out
 
 
-def run_case(shape: Sequence[int], n_labels: int, *, chunk: int, repeats: int, stock_repeats: int) -> Row:
+def run_case(
+    shape: Sequence[int], n_labels: int, *, chunk: int, repeats: int, stock_repeats: int, threads: int | None
+) -> Row:
     ref, pred = make_phantom(shape, n_labels)
     labels = {k: f"organ_{k:02d}" for k in range(1, n_labels + 1)}
-    timing, ours = timeit(lambda: organ_metrics(pred, ref, labels, SPACING, hausdorff=True), repeats=repeats)
+    timing, ours = timeit(lambda: organ_metrics(pred, ref, labels, SPACING, threads=threads), repeats=repeats)
+    timing_1, ours_1 = timeit(lambda: organ_metrics(pred, ref, labels, SPACING, threads=1), repeats=repeats)
+    if ours_1 != ours:
+        raise AssertionError("organ_metrics results depend on the thread count")
     stock_times, onehot_times = [], []
     for _ in range(stock_repeats):
         t, t_onehot, stock = stock_monai(pred, ref, list(labels), SPACING, chunk)
@@ -141,6 +146,9 @@ def run_case(shape: Sequence[int], n_labels: int, *, chunk: int, repeats: int, s
             "max_abs_diff_dice": d_dice,
             "max_abs_diff_hd95_mm": d_hd,
             "medunet_median_s": timing.median_s,
+            "medunet_threads": threads,
+            "medunet_1thread_s": timing_1.min_s,
+            "ratio_1thread": min(stock_times) / timing_1.min_s,
             "stock_onehot_build_s": min(onehot_times),
             "ratio_incl_onehot": (min(stock_times) + min(onehot_times)) / timing.min_s,
             "spacing_mm": SPACING,
@@ -159,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--chunk", type=int, default=5, help="labels per stock one-hot chunk (memory)")
     ap.add_argument("--repeats", type=int, default=3, help="medunet repeats (min is reported)")
     ap.add_argument("--stock-repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="medunet threads (default: all CPUs available)")
     ap.add_argument("--out", default=None, help="results JSON (default runs/benchmarks/metrics.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -169,8 +178,18 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     print(HEADER)
     rows = []
     for n in labels:
-        row = run_case(shape, n, chunk=args.chunk, repeats=args.repeats, stock_repeats=args.stock_repeats)
+        row = run_case(
+            shape,
+            n,
+            chunk=args.chunk,
+            repeats=args.repeats,
+            stock_repeats=args.stock_repeats,
+            threads=args.threads,
+        )
         print_row(row)
+        print(
+            f"  medunet on 1 thread: {row.extra['medunet_1thread_s']:.3f} s ({row.extra['ratio_1thread']:.1f}x)"
+        )
         rows.append(row)
     path = write_results("metrics_smoke" if args.smoke else "metrics", rows, out=args.out, shape=shape)
     print(f"results: {path}")

@@ -52,6 +52,10 @@ from medunet.io.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
+#: Below these sizes (voxels) threads cost more to start than they save: EDT box, whole label map.
+_PARALLEL_EDT_MIN_VOXELS = 256_000
+_PARALLEL_BOXES_MIN_VOXELS = 4_000_000
+
 __all__ = ["MetricsTable", "OrganScore", "from_onehot", "organ_metrics"]
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -143,7 +147,7 @@ def _distances_to(surface: np.ndarray, spacing: Sequence[float], threads: int = 
         np.ascontiguousarray(~surface).view(np.uint8),
         anisotropy=tuple(spacing),
         black_border=False,
-        parallel=threads,
+        parallel=threads if surface.size >= _PARALLEL_EDT_MIN_VOXELS else 1,
     )
 
 
@@ -239,7 +243,7 @@ def organ_metrics(
         )
 
     labs = sorted(organs)
-    if n_threads > 1:  # the two bounding-box passes release the GIL
+    if n_threads > 1 and p.size >= _PARALLEL_BOXES_MIN_VOXELS:  # these passes release the GIL
         with ThreadPoolExecutor(2) as pool:
             fp, fr = pool.submit(_find_boxes, p, max_label), pool.submit(_find_boxes, r, max_label)
             boxes_p, boxes_r = fp.result(), fr.result()
