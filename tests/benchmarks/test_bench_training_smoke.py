@@ -1,4 +1,4 @@
-"""The training benchmark runs both data paths for 2 iterations on the synthetic dataset (never a time)."""
+"""The training benchmark runs both pipelines for 2 iterations on a tiny synthetic dataset (never a time)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def test_bench_training_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ratio" in proc.stdout
     (row,) = json.loads(out.read_text())["rows"]
+    extra = row["extra"]
+    assert extra["val_cases"] >= 1
+    # medunet runs its CPU default (2D slices), stock the 3D spleen recipe, on the same grid and window
+    assert extra["medunet"]["spatial_dims"] == 2 and extra["stock"]["spatial_dims"] == 3
+    assert extra["medunet"]["target_spacing"] == extra["stock"]["target_spacing"]
+    assert not extra["stock_reached"] and not extra["medunet_reached"]  # 2 iterations: far from the target
     for kind in ("stock", "medunet"):
         r = row["extra"][kind]
         assert r["iterations"] == 2
