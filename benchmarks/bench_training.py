@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,16 @@ def _validate(net: torch.nn.Module, val: list, plans: Any) -> float:
     return float(table.summary()["mean"]["val_dice_mean"])
 
 
+def _endless(loader: Any) -> Iterator[dict[str, Any]]:
+    """Batches of epoch after epoch (the DistributedSampler of ``train_loader`` reshuffles per epoch)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
 def train(kind: str, args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
     from monai.utils import set_determinism
 
@@ -158,33 +168,32 @@ def train(kind: str, args: argparse.Namespace, setup: dict[str, Any]) -> dict[st
         )
     setup_s = time.perf_counter() - t_setup  # medunet: the cache fill; counted in the wall time
     cap_s = args.max_minutes * 60
-    clock, it, epoch, dice, reached, next_val = setup_s, 0, 0, 0.0, None, setup_s + args.val_every_s
+    clock, it, dice, reached, next_val = setup_s, 0, 0.0, None, setup_s + args.val_every_s
     history: list[tuple[int, float, float]] = []
-    done = False
-    while not done:
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
-            loader.sampler.set_epoch(epoch)
-        epoch += 1
-        t0 = time.perf_counter()
-        for batch in loader:
-            x, y = batch["image"], batch["label"]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(x), y)
-            loss.backward()
-            opt.step()
-            it += 1
-            now = clock + time.perf_counter() - t0
-            if it >= args.max_iters or now >= cap_s or now >= next_val:
-                break
-        clock += time.perf_counter() - t0
-        if it >= args.max_iters or clock >= cap_s or clock >= next_val:
+    # One iterator across validations: pausing for validation must not restart the stock workers
+    # (and throw away their prefetched batches) or the medunet loader's thread.
+    batches = _endless(loader)
+    t0 = time.perf_counter()
+    while True:
+        batch = next(batches)
+        x, y = batch["image"], batch["label"]
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        it += 1
+        now = clock + time.perf_counter() - t0
+        if it >= args.max_iters or now >= cap_s or now >= next_val:
+            clock = now
             dice = _validate(net, setup["val"], plans)  # not timed
             history.append((it, round(clock, 2), round(dice, 4)))
             logger.warning("%s: %d it, %.1f s, mean Dice %.4f", kind, it, clock, dice)
             next_val = clock + args.val_every_s
             if dice >= args.target:
                 reached = clock
-            done = reached is not None or it >= args.max_iters or clock >= cap_s
+            if reached is not None or it >= args.max_iters or clock >= cap_s:
+                break
+            t0 = time.perf_counter()
     return {
         "spatial_dims": plans.spatial_dims,
         "patch_size": list(plans.patch_size),
