@@ -209,7 +209,7 @@ def source_to_network(array: np.ndarray, grid: GridMap, box: Box | None = None) 
     compute, to float rounding): the spatial axes are visited in memory order, outermost first, so the
     gathers copy whole planes and rows and the inner-axis gather runs on already shrunk data; flips of
     resampled axes are folded into the gather indices, other flips are free strided views; only the
-    resampled values are ever float32; one final permuted copy gives the RAS (network) axis order.
+    resampled values are ever float32 (slab by slab); one final permuted copy gives the RAS (network) axis order.
     ``box`` restricts the output to that part of the resampled grid (and so is all that is computed).
     """
     if box is None:
@@ -217,6 +217,15 @@ def source_to_network(array: np.ndarray, grid: GridMap, box: Box | None = None) 
     a = np.moveaxis(array, 3, 0)  # (C, X, Y, Z) view
     order = sorted(range(3), key=lambda ax: -abs(a.strides[1 + ax]))  # source axes, outermost first
     ras_of = {grid.perm[k]: k for k in range(3)}
+
+    def shrink(ax: int) -> float:
+        k = ras_of[ax]
+        return (box[k][1] - box[k][0]) / grid.ras_shape[k]  # type: ignore[index]
+
+    # The two outer axes gather whole rows or planes either way: the one that shrinks more goes first
+    # (smaller float32 intermediate); the inner axis always goes last, on shrunk data.
+    if shrink(order[1]) < shrink(order[0]):
+        order[0], order[1] = order[1], order[0]
     cur = a.transpose(0, *(1 + ax for ax in order))
     for pos, ax in enumerate(order):
         k = ras_of[ax]
