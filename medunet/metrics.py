@@ -16,7 +16,9 @@ It is much faster than MONAI on CT-sized volumes because all per-organ work happ
 bounding box (the bounding boxes of every label of both maps come from one ``find_objects`` pass each,
 not one full-volume pass per label), and the distances come from one anisotropic EDT (``edt`` package)
 per direction on that box. Cropping is exact: the nearest surface voxel of either mask lies inside the
-union bounding box, and voxels outside it are background for that label.
+union bounding box, and voxels outside it are background for that label. Surfaces come from shifted
+ANDs rather than ``binary_erosion``; large EDTs run on ``threads`` C++ threads (``edt`` holds the GIL,
+so organs are scored one after another) and the two bounding-box passes run side by side.
 
 Empty organs (policy, also in the README):
 
