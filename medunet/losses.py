@@ -1,7 +1,7 @@
 """One registry of segmentation losses: ``name -> LossSpec``.
 
-Every loss takes ``(B, C, *spatial)`` logits and ``(B, 1, *spatial)`` integer label maps (one-hot
-encoding and softmax happen inside), and returns a scalar. The CLI, bundle and docs read :data:`LOSSES`.
+Every loss takes ``(B, C, *spatial)`` logits and either ``(B, 1, *spatial)`` integer label maps (one-hot
+encoding happens inside) or ``(B, C, *spatial)`` soft targets (MixUp), and returns a scalar. The CLI, bundle and docs read :data:`LOSSES`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from medunet.errors import ConfigError
@@ -72,6 +73,28 @@ LOSSES: dict[str, LossSpec] = {
 }
 
 
+class LabelOrSoftTargetLoss(nn.Module):
+    """Route integer label maps to the one-hot form of a loss and soft targets to the plain form.
+
+    MixUp blends one-hot labels into ``(B, C, ...)`` probabilities; the same registered loss must then
+    skip its own one-hot encoding. The two instances share no state (MONAI losses have no parameters).
+    """
+
+    def __init__(self, from_labels: nn.Module, from_soft: nn.Module) -> None:
+        super().__init__()
+        self.from_labels = from_labels
+        self.from_soft = from_soft
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape[1] == 1:
+            return self.from_labels(logits, target)
+        if target.shape[1] != logits.shape[1]:
+            raise ValueError(
+                f"target has {target.shape[1]} channels; expected 1 (label map) or {logits.shape[1]} (soft)"
+            )
+        return self.from_soft(logits, target)
+
+
 def loss_names() -> list[str]:
     """Registered loss names, the default first."""
     return list(LOSSES)
@@ -89,6 +112,8 @@ def build_loss(name: str = DEFAULT_LOSS, **kwargs: Any) -> nn.Module:
     merged = {**spec.default_kwargs, **kwargs}
     try:
         loss = spec.builder(**merged)
+        if merged.get("to_onehot_y"):
+            loss = LabelOrSoftTargetLoss(loss, spec.builder(**{**merged, "to_onehot_y": False}))
     except (TypeError, ValueError) as exc:
         raise ConfigError(None, f"cannot build loss {name!r}: {exc}") from None
     logger.debug("built loss %s with %s", name, merged)
@@ -103,4 +128,13 @@ def loss_table() -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["DEFAULT_LOSS", "LOSSES", "LossName", "LossSpec", "build_loss", "loss_names", "loss_table"]
+__all__ = [
+    "DEFAULT_LOSS",
+    "LOSSES",
+    "LabelOrSoftTargetLoss",
+    "LossName",
+    "LossSpec",
+    "build_loss",
+    "loss_names",
+    "loss_table",
+]

@@ -43,10 +43,11 @@ def test_loss_gradient_reaches_logits(name: str) -> None:
 def test_registry_and_defaults() -> None:
     assert loss_names() == ["dicece", "dice", "dicefocal", "tversky"]
     loss = build_loss()
-    assert type(loss).__name__ == "DiceCELoss"
-    tversky = build_loss("tversky")
+    assert type(loss.from_labels).__name__ == "DiceCELoss"
+    tversky = build_loss("tversky").from_labels
     assert (tversky.alpha, tversky.beta) == (0.3, 0.7)
-    assert build_loss("dice", include_background=False).include_background is False
+    assert build_loss("dice", include_background=False).from_labels.include_background is False
+    assert build_loss("dice", include_background=False).from_soft.include_background is False
 
 
 def test_excluding_background_changes_the_value() -> None:
@@ -62,3 +63,19 @@ def test_bad_names_and_arguments_raise_config_error() -> None:
         build_loss("focal_tversky")
     with pytest.raises(ConfigError, match="cannot build loss 'dice'"):
         build_loss("dice", no_such_option=True)
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_soft_targets_from_mixup_equal_the_one_hot_label_loss(name):
+    """MixUp feeds (B, C, ...) probabilities; a one-hot soft target must score like its label map."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, 8)
+    labels = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    onehot = torch.nn.functional.one_hot(labels[:, 0], 3).movedim(-1, 1).float()
+    loss = build_loss(name)
+    assert torch.allclose(loss(logits, labels), loss(logits, onehot), atol=1e-5)
+    mixed = 0.7 * onehot + 0.3 * onehot.roll(1, dims=0)
+    value = loss(logits, mixed)
+    assert torch.isfinite(value)
+    with pytest.raises(ValueError, match="channels"):
+        loss(logits, torch.zeros(2, 2, 8, 8, 8))
