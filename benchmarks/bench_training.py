@@ -219,12 +219,21 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--workers", type=int, default=2, help="stock DataLoader worker processes")
     ap.add_argument("--size", default="small", help="network size preset (the bundle default: small)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--only", choices=("stock", "medunet"), default=None, help="run one pipeline (e.g. a longer cap)"
+    )
     ap.add_argument("--work-dir", default=None, help="split/fingerprint folder (default under runs/)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.smoke:
         args.max_iters, args.workers, args.size, args.val_every_s = 2, 0, "tiny", 1e9
     setup = _setup(args)
+    if args.only:
+        r = train(args.only, args, setup)
+        print(
+            f"{args.only}: time to Dice {args.target}: {r['time_to_target_s']}, {r['its_per_s']:.2f} it/s, {r}"
+        )
+        return []
     res = {k: train(k, args, setup) for k in ("medunet", "stock")}
     s, m = res["stock"], res["medunet"]
     cap_s = args.max_minutes * 60
