@@ -6,8 +6,10 @@ Stock is the ``spleen_ct_segmentation`` inference recipe: ``LoadImaged``, ``Ensu
 the probabilities to the source grid, ``AsDiscreted(argmax)``, ``SaveImaged`` (float32). medunet is
 ``read_nifti`` -> ``Predictor.predict`` (tensor preprocessing, argmax on the network grid, nearest label
 resampling back) -> ``write_nifti`` (uint8). Both use the same network and weights (a seeded random
-MONAI UNet, or ``--checkpoint``), the same plans and the same window blending (``--blend``, default
-``constant`` as in the model zoo).
+MONAI UNet, or ``--checkpoint``) and the same plans. Stock keeps the model zoo's window settings (overlap
+0.5, ``--blend`` default ``constant``); medunet runs the Predictor's defaults (CT foreground crop,
+overlap 0.25, gaussian blending) unless ``--medunet-overlap`` / ``--medunet-blend`` / ``--no-crop`` say
+otherwise, so the agreement reported is medunet's default path against stock at 0.5.
 
 Each pipeline runs in its own spawned process so its peak RSS is its own; agreement is computed from the
 two mask files read back from disk (fraction of equal voxels, and Dice per label).
@@ -416,6 +418,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             sw_batch_size=2,
             blend=args.blend,
             prior=not args.no_prior,
+            medunet_overlap=args.medunet_overlap,
+            # A tiny random net over 4 windows: gaussian vs constant weighting alone moves whole label
+            # regions, so the smoke run blends like stock and checks the pipeline, not the weighting.
+            medunet_blend=args.medunet_blend or args.blend,
+            crop_foreground=False if args.no_crop else None,
         )
         paths = [str(_smoke_volume(tmp))]
         isolate = False
