@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from medunet.data.phantom import (
     sample_geometry,
 )
 from medunet.errors import ConfigError, DatasetError
-from medunet.io.atomic import atomic_write_text
+from medunet.io.atomic import atomic_write_text, replace_dir
 from medunet.io.nifti import write_nifti
 from medunet.io.volume import Volume
 from medunet.progress import progress
@@ -271,28 +270,12 @@ def generate_dataset(
             "medunet_synthetic": _params(mod, cases, test_cases, seed, size, dicom),
         }
         atomic_write_text(tmp / "dataset.json", json.dumps(meta, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("wrote %s", out_dir / "dataset.json")
     return out_dir / "dataset.json"
-
-
-def _swap_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename the finished ``tmp`` to ``out_dir``, replacing an old synthetic dataset if present."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_synthetic_dataset(

@@ -22,7 +22,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from medunet import __version__
 from medunet.export.itksnap import label_colors, write_label_file, write_workspace
 from medunet.export.report import OrganStats, organ_stats, write_preview, write_volumes_csv
 from medunet.inference.predictor import Prediction
-from medunet.io.atomic import atomic_write_text
+from medunet.io.atomic import atomic_write_text, replace_dir
 from medunet.io.nifti import write_nifti
 from medunet.io.volume import Volume
 
@@ -103,7 +102,7 @@ def write_case(
             name=name,
         )
         stats = files.pop("__stats__")  # type: ignore[misc]
-        _swap_into_place(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -208,23 +207,6 @@ def _write_files(
     files[CASE_FILE] = True
     files["__stats__"] = stats
     return files
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename the finished temp folder to ``final``, replacing an older one only after success."""
-    old: Path | None = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rmdir(old)
-        os.replace(final, old)
-    try:
-        os.replace(tmp, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_case_record(case_dir: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,26 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is replaced only on success.
+
+    The old folder is first moved aside (same parent, so both renames are atomic), and moved back if
+    the second rename fails: at every moment ``final`` is either the old complete folder or the new one.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old: Path | None = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rmdir(old)
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
