@@ -304,3 +304,31 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys) -> None:
         ]
     )
     assert rc == 1 and "--checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra,overlap,crop",
+    [([], 0.25, True), (["--overlap", "0.5", "--no-crop"], 0.5, False)],
+)
+def test_cli_uses_predictor_defaults_unless_told(
+    fake_checkpoint, tmp_path, monkeypatch, extra, overlap, crop
+):
+    """Without flags the CLI must not override the Predictor's fast defaults (overlap, body crop)."""
+    seen = {}
+    real_init = Predictor.__init__
+
+    def spy(self, *a, **kw):  # noqa: ANN001
+        real_init(self, *a, **kw)
+        seen.update(overlap=self.overlap, crop=kw.get("crop_foreground"))
+
+    monkeypatch.setattr(Predictor, "__init__", spy)
+    inputs = tmp_path / "in"
+    lab = phantom()
+    write_case_image(inputs / "ct.nii.gz", lab, lps_affine(lab.shape))
+    out = tmp_path / "out"
+    args = ["predict", "--checkpoint", str(fake_checkpoint), "--input", str(inputs), "--output", str(out)]
+    assert main([*args, "--device", "cpu", *extra]) == 0
+    assert seen["overlap"] == overlap
+    assert seen["crop"] in ((None, True) if crop else (False,))
+    record = json.loads((out / "ct" / "case.json").read_text())
+    assert record["options"]["overlap"] == overlap

@@ -154,11 +154,13 @@ def run_predict(args: argparse.Namespace) -> int:
     check_output_location(output, list(dicom_dirs))
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(args.bundle))
+    tuning = {"overlap": args.overlap} if args.overlap is not None else {}
     predictor = Predictor.from_checkpoint(
         checkpoint,
         device=args.device,
         sw_batch_size=args.sw_batch_size,
-        overlap=args.overlap,
+        crop_foreground=args.crop_foreground,
+        **tuning,
         tta_mirror=args.tta,
         largest_component=args.largest_component,
         fill_holes=args.fill_holes,
@@ -169,7 +171,7 @@ def run_predict(args: argparse.Namespace) -> int:
         "tta_mirror": args.tta,
         "largest_component": args.largest_component,
         "fill_holes": args.fill_holes,
-        "overlap": args.overlap,
+        "overlap": predictor.overlap,
     }
     logger.info("predicting %d case(s) with %s on %s", len(cases), checkpoint, predictor.device)
     queue = {}
@@ -247,7 +249,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--sw-batch-size", type=int, default=4, help="sliding-window batch (default: 4)")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default: 0.5)")
+    p.add_argument(
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap (default: the predictor's, 0.25 with Gaussian blending)",
+    )
+    p.add_argument(
+        "--no-crop",
+        dest="crop_foreground",
+        action="store_const",
+        const=False,
+        default=None,
+        help="run the network over the whole volume (default for CT: only the body's bounding box)",
+    )
     p.add_argument(
         "--copy-image",
         action="store_true",
