@@ -120,7 +120,7 @@ def stock_monai(
 
 
 def run_case(
-    shape: Sequence[int], n_labels: int, *, chunk: int, repeats: int, stock_repeats: int, threads: int | None
+    shape: Sequence[int], n_labels: int, *, chunk: int, repeats: int, stock_repeats: int, threads: int
 ) -> Row:
     ref, pred = make_phantom(shape, n_labels)
     labels = {k: f"organ_{k:02d}" for k in range(1, n_labels + 1)}
@@ -139,18 +139,18 @@ def run_case(
     return Row(
         name,
         min(stock_times),
-        timing.min_s,
+        timing_1.min_s,
         agreement=max(d_dice, d_hd),
         agreement_label="max_abs_diff(dice,hd95_mm)",
         extra={
             "max_abs_diff_dice": d_dice,
             "max_abs_diff_hd95_mm": d_hd,
-            "medunet_median_s": timing.median_s,
+            "medunet_median_s": timing_1.median_s,
             "medunet_threads": threads,
-            "medunet_1thread_s": timing_1.min_s,
-            "ratio_1thread": min(stock_times) / timing_1.min_s,
+            "medunet_threads_s": timing.min_s,
+            "ratio_threads": min(stock_times) / timing.min_s,
             "stock_onehot_build_s": min(onehot_times),
-            "ratio_incl_onehot": (min(stock_times) + min(onehot_times)) / timing.min_s,
+            "ratio_incl_onehot": (min(stock_times) + min(onehot_times)) / timing_1.min_s,
             "spacing_mm": SPACING,
             "mean_dice": float(np.mean([s.dice for s in ours.values()])),
             "mean_hd95_mm": float(np.mean([s.hd95 for s in ours.values()])),
@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--chunk", type=int, default=5, help="labels per stock one-hot chunk (memory)")
     ap.add_argument("--repeats", type=int, default=3, help="medunet repeats (min is reported)")
     ap.add_argument("--stock-repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=None, help="medunet threads (default: all CPUs available)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="medunet is timed on 1 thread (default) and on this many"
+    )
     ap.add_argument("--out", default=None, help="results JSON (default runs/benchmarks/metrics.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -188,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         )
         print_row(row)
         print(
-            f"  medunet on 1 thread: {row.extra['medunet_1thread_s']:.3f} s ({row.extra['ratio_1thread']:.1f}x)"
+            f"  medunet on {args.threads} threads: {row.extra['medunet_threads_s']:.3f} s "
+            f"({row.extra['ratio_threads']:.1f}x)"
         )
         rows.append(row)
     path = write_results("metrics_smoke" if args.smoke else "metrics", rows, out=args.out, shape=shape)
