@@ -56,8 +56,9 @@ def evaluation_cases(
 ) -> list[Case]:
     """Labelled cases to evaluate: a run's saved split (``split.json``) when given, else the dataset's.
 
-    ``which="test"`` falls back to the validation cases (with a warning) when the split has no test
-    cases; ``"all"`` takes every labelled case.
+    ``which="test"`` uses the dataset's labelled test set (e.g. ``labelsTs/``) when the split holds no
+    test cases, and the validation cases (with a warning) when there is none; ``"all"`` takes every
+    labelled case.
     """
     from medunet.training.data import read_split
 
@@ -66,8 +67,14 @@ def evaluation_cases(
     elif run_dir is not None and (Path(run_dir) / "split.json").is_file():
         cases = read_split(run_dir, datalist, which)
         if not cases and which == "test":
-            logger.warning("%s: the split has no test cases; evaluating its validation cases", run_dir)
-            cases = read_split(run_dir, datalist, "val")
+            cases = [c for c in datalist.test if c.label is not None]
+            if cases:
+                logger.info(
+                    "%s: the split has no test cases; evaluating the dataset's labelled test set", run_dir
+                )
+            else:
+                logger.warning("%s: no test cases anywhere; evaluating the split's validation cases", run_dir)
+                cases = read_split(run_dir, datalist, "val")
     else:
         cases = datalist.test if which == "test" else datalist.training
     cases = [c for c in cases if c.label is not None]

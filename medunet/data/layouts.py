@@ -279,7 +279,13 @@ def load_decathlon(path: str | Path) -> Datalist:
         where = f"test[{i}]"
         image_entry = entry.get("image") if isinstance(entry, dict) else entry
         images = _decathlon_entry_images(image_entry, root, where, djson)
-        test.append(Case(str(_strip_suffix(images[0].name) or images[0].stem), images))
+        test.append(
+            Case(
+                str(_strip_suffix(images[0].name) or images[0].stem),
+                images,
+                _test_label(entry, root, where, djson, images[0]),
+            )
+        )
     _check_unique(training + test, djson)
     notes: list[str] = []
     if len(modalities) > 1 and all(len(c.images) == 1 for c in training):
@@ -300,6 +306,21 @@ def load_decathlon(path: str | Path) -> Datalist:
         layout="decathlon",
         notes=notes,
     )
+
+
+def _test_label(entry: object, root: Path, where: str, djson: Path, image: Path) -> Path | None:
+    """A test case's reference label: ``{"image", "label"}`` entries, else ``labelsTs/<same name>``.
+
+    The Decathlon format lists test images only; datasets that keep held-out references (ours, nnU-Net
+    exports) put them in ``labelsTs/`` beside ``imagesTs/``, so evaluation can score the test set.
+    """
+    if isinstance(entry, dict) and entry.get("label"):
+        return _resolve(root, entry["label"], f"{where}.label", djson)
+    if image.parent.name == "imagesTs":
+        candidate = image.parent.parent / "labelsTs" / image.name
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- nnunet

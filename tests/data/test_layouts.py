@@ -322,3 +322,13 @@ def test_openkbp_loads(openkbp_dir: Path) -> None:
     ]
     assert dl.is_ct and dl.num_classes == 8
     assert len({c.case_id for c in dl.training}) == 34
+
+
+def test_decathlon_test_cases_pick_up_labels_ts(tmp_path: Path) -> None:
+    """Held-out references in labelsTs/ (beside imagesTs/) make the test set scoreable."""
+    root = make_decathlon(tmp_path / "ds")
+    assert load_dataset(root).test[0].label is None  # nothing to attach yet
+    ref = write_nifti(root / "labelsTs" / "case_t.nii.gz", _arrays(9)[1], AFFINE)
+    (case,) = load_dataset(root).test
+    assert case.case_id == "case_t" and case.label == ref
+    assert case.to_monai()["label"] == str(ref)
