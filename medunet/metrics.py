@@ -37,6 +37,7 @@ import io
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -132,6 +133,15 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def available_cpus(cap: int = 8) -> int:
+    """CPUs this process may run on (affinity-aware, so containers and taskset are respected)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(cap, n))
+
+
 def _distances_to(surface: np.ndarray, spacing: Sequence[float], threads: int = 1) -> np.ndarray:
     """Distance (mm) from every voxel of the box to the nearest voxel of ``surface``.
 
@@ -187,7 +197,7 @@ def organ_metrics(
     nsd_tolerance_mm: float = 2.0,
     percentile: float = 95.0,
     hausdorff: bool = True,
-    threads: int = 1,
+    threads: int | None = None,
 ) -> dict[str, OrganScore]:
     """Dice, HD``percentile`` (mm) and surface Dice for every organ in ``labels`` (label 0 is skipped).
 
@@ -198,8 +208,9 @@ def organ_metrics(
     exact definitions and the empty-organ policy.
 
     ``threads`` is the number of threads each large EDT runs on (and >1 runs the two bounding-box
-    passes side by side). Default 1: on the 2-core benchmark machine 2 threads were no faster (0.50 s
-    both on 5 organs, 512x512x200) and slower under load. Results do not depend on it.
+    passes side by side); ``None`` uses the CPUs available to this process (at most 8). On a quiet
+    2-core machine 2 threads took 0.29 s instead of 0.52 s for 5 organs at 512x512x200; on an
+    oversubscribed machine pass ``threads=1``. Results do not depend on it.
     """
     p, r = _as_labelmap(pred, "pred"), _as_labelmap(ref, "ref")
     if p.shape != r.shape:
@@ -219,7 +230,7 @@ def organ_metrics(
     if not organs:
         return {}
     max_label = max(organs)
-    n_threads = max(1, int(threads))
+    n_threads = available_cpus() if threads is None else max(1, int(threads))
     voxel_ml = float(np.prod(spacing)) / 1000.0
 
     def score(lab: int) -> OrganScore:

@@ -3,26 +3,14 @@ MONAI's on the source grid (never a time)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_bench_inference_smoke(tmp_path: Path) -> None:
+def test_bench_inference_smoke(tmp_path: Path, smoke) -> None:
     out = tmp_path / "inference_smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_inference", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ratio" in proc.stdout and "sliding_window" in proc.stdout
-    (row,) = json.loads(out.read_text())["rows"]
+    stdout, doc = smoke("bench_inference", out)
+    assert "sliding_window" in stdout
+    (row,) = doc["rows"]
     extra = row["extra"]
     # Both masks lie on the source grid: same shape (checked when read back) and the same affine.
     for case in extra["agreement_per_case"]:

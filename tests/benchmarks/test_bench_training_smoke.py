@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_bench_training_smoke(tmp_path: Path) -> None:
+def test_bench_training_smoke(tmp_path: Path, smoke) -> None:
     out = tmp_path / "training_smoke.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_training", "--smoke", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ratio" in proc.stdout
-    (row,) = json.loads(out.read_text())["rows"]
+    stdout, doc = smoke("bench_training", out)
+    (row,) = doc["rows"]
     extra = row["extra"]
     assert extra["val_cases"] >= 1
     # medunet runs its CPU default (2D slices), stock the 3D spleen recipe, on the same grid and window
