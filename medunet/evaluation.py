@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from medunet.config import as_bool
 from medunet.data.datalist import Case, Datalist
 from medunet.errors import DatasetError, MedunetError
 from medunet.io import is_nifti, read_image, write_nifti
@@ -157,6 +158,8 @@ def evaluate_run(
 
     datalist = resolve_dataset(dataset_dir)
     cases = evaluation_cases(datalist, run_dir, which)
+    save_predictions = as_bool(save_predictions, "save_predictions")
+    largest_component = as_bool(largest_component, "largest_component")
     return evaluate(
         checkpoint,
         cases,
@@ -209,7 +212,9 @@ def infer(
     largest_component: bool = False,
 ) -> BatchReport:
     """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid)."""
-    predictor = _predictor(checkpoint, device, largest_component=largest_component)
+    predictor = _predictor(
+        checkpoint, device, largest_component=as_bool(largest_component, "largest_component")
+    )
     report = BatchReport()
     paths = expand_inputs(inputs)
     for path in progress(paths, desc="segmenting", total=len(paths)):

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from monai.utils import set_determinism
 
+from medunet.config import as_bool
 from medunet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class TrainingEnv:
     @property
     def amp_available(self) -> bool:
         return self.device.type == "cuda"
+
+    def use_amp(self, requested: object) -> bool:
+        """Mixed precision when asked for (``--amp true|false``) and the device supports it."""
+        return as_bool(requested, "amp") and self.amp_available
 
     def ddp_device_ids(self) -> list[int] | None:
         return [self.device.index or 0] if self.device.type == "cuda" else None
@@ -74,6 +79,7 @@ def setup_environment(
     torch for deterministic kernels (slower on CUDA; CPU kernels used here already are).
     """
     rank, world, local_rank = 0, 1, 0
+    distributed = as_bool(distributed, "distributed")
     if distributed:
         if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
             raise ConfigError(None, "distributed=true needs torchrun (RANK/WORLD_SIZE are not set)")

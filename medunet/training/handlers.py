@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
+from medunet.config import as_bool
 from medunet.errors import CheckpointError
 from medunet.io.atomic import atomic_write_text
 from medunet.plans import Plans
@@ -212,7 +213,7 @@ class Checkpointer:
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.env = env
-        self.resume = bool(resume)
+        self.resume = as_bool(resume, "resume")
         self.interval = max(1, int(interval))
         self.keep_last = max(1, int(keep_last))
         self.init_from = Path(init_from) if init_from else None

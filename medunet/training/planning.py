@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from medunet.config import as_bool
 from medunet.data.datalist import Datalist
 from medunet.data.fingerprint import Fingerprint, load_or_compute_fingerprint
 from medunet.errors import ConfigError
@@ -114,7 +115,7 @@ def plans_for_run(
     """Save ``plans.json``. Resuming: the run's saved plans win over freshly derived ones.
     Fine-tuning (``init_from``): the source checkpoint's plans are used, so its weights fit."""
     path = Path(output_dir) / "plans.json"
-    if resume and path.is_file():
+    if as_bool(resume, "resume") and path.is_file():
         saved = Plans.load(path)
         if saved != plans:
             logger.warning("resume: using the run's saved %s (differs from freshly derived plans)", path)
