@@ -17,7 +17,7 @@ FILTER := { grep -v "^WARNING: Location" || true; }
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_QUIET) --upgrade pip 2>&1 | $(FILTER)
-	$(PY) -m pip install $(PIP_QUIET) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" 2>&1 | $(FILTER)
+	$(PY) -m pip install $(PIP_QUIET) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)" numpy 2>&1 | $(FILTER)
 	$(PY) -c "import torch"
 	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]" 2>&1 | $(FILTER)
 	$(PY) -c "import medunet, monai, mlflow, pydicom"
