@@ -38,9 +38,13 @@ class BatchReport:
             raise DatasetError(None, f"{len(self.failures)} input(s) failed: {lines}")
 
 
-def _predictor(checkpoint: str | Path, device: str, **kwargs: object):  # noqa: ANN202
+def _predictor(checkpoint: str | Path | list[str | Path], device: str, **kwargs: object):  # noqa: ANN202
+    """One checkpoint, or a list (an ensemble); ``tta`` defaults to the product default."""
     from medunet.inference import Predictor
+    from medunet.inference.predictor import DEFAULT_TTA
 
+    tta = kwargs.pop("tta", None)
+    kwargs["tta_mirror"] = DEFAULT_TTA if tta is None else as_bool(tta, "tta")
     return Predictor.from_checkpoint(checkpoint, device=device, **kwargs)
 
 
@@ -93,14 +97,17 @@ def evaluate(
     device: str = "auto",
     save_predictions: bool = False,
     largest_component: bool = False,
+    tta: bool | None = None,
 ) -> dict:
     """Segment every case, score it on its original grid, write ``per_case.csv`` and ``summary.json``.
+
+    Organs a case does not annotate (partially contoured data) are left out of its scores and counted.
 
     Returns the summary (per organ: mean/std of Dice, HD95 mm, surface Dice; ``n_empty_ref``,
     ``n_empty_pred``; and ``"mean"`` over organs).
     """
     output_dir = Path(output_dir)
-    predictor = _predictor(checkpoint, device, largest_component=largest_component)
+    predictor = _predictor(checkpoint, device, largest_component=largest_component, tta=tta)
     table = MetricsTable()
     report = BatchReport()
     for case in progress(cases, desc="evaluating", total=len(cases)):
@@ -114,8 +121,10 @@ def evaluate(
             logger.error("case %s: %s", case.case_id, exc)
             report.failures.append((case.case_id, str(exc)))
             continue
-        scores = organ_metrics(pred.labels, np.asarray(ref.array), labels, ref.spacing)
-        table.add(case.case_id, scores)
+        scored = {k: v for k, v in labels.items() if case.is_annotated(k)}
+        unannotated = [v for k, v in sorted(labels.items()) if k not in scored]
+        scores = organ_metrics(pred.labels, np.asarray(ref.array), scored, ref.spacing)
+        table.add(case.case_id, scores, unannotated=unannotated)
         logger.info(
             "%s: %s", case.case_id, ", ".join(f"{o} {s.dice:.3f}/{s.hd95:.1f}mm" for o, s in scores.items())
         )
@@ -134,7 +143,7 @@ def evaluate(
     logger.info(
         "evaluated %d case(s) with %s: mean Dice %.4f, mean HD95 %.2f mm -> %s",
         len(cases) - len(report.failures),
-        Path(checkpoint).name,
+        Path(checkpoint if isinstance(checkpoint, str | Path) else checkpoint[0]).name,
         summary["mean"]["val_dice_mean"],
         summary["mean"]["val_hd95_mean"],
         output_dir,
@@ -152,6 +161,7 @@ def evaluate_run(
     device: str = "auto",
     save_predictions: bool = False,
     largest_component: bool = False,
+    tta: bool | str | None = None,
 ) -> dict:
     """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`."""
     from medunet.training.data import resolve_dataset
@@ -168,6 +178,7 @@ def evaluate_run(
         device=device,
         save_predictions=save_predictions,
         largest_component=largest_component,
+        tta=None if tta in (None, "auto") else as_bool(tta, "tta"),
     )
 
 
@@ -210,10 +221,17 @@ def infer(
     *,
     device: str = "auto",
     largest_component: bool = False,
+    tta: bool | str | None = None,
 ) -> BatchReport:
-    """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid)."""
+    """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid).
+
+    ``checkpoint`` may be a list: the models are ensembled (class probabilities averaged).
+    """
     predictor = _predictor(
-        checkpoint, device, largest_component=as_bool(largest_component, "largest_component")
+        checkpoint,
+        device,
+        largest_component=as_bool(largest_component, "largest_component"),
+        tta=None if tta in (None, "auto") else as_bool(tta, "tta"),
     )
     report = BatchReport()
     paths = expand_inputs(inputs)

@@ -95,14 +95,65 @@ class LabelOrSoftTargetLoss(nn.Module):
         return self.from_soft(logits, target)
 
 
+#: Logit given to a class that a case does not annotate: its softmax probability is exactly 0 in
+#: float32 (exp(-1e4) underflows) and, set by ``masked_fill``, it receives exactly zero gradient.
+_EXCLUDED_LOGIT = -1.0e4
+
+
+class AnnotatedClasses:
+    """Per-batch record of which classes each sample's label map annotates (shared state).
+
+    :class:`~medunet.training.components.PrepareBatch` writes ``flags`` (``(B, K)`` bool, or ``None``
+    for fully annotated data) before every forward pass; :class:`PartialLabelLoss` reads it. The
+    trainer calls ``loss(pred, target)`` with no room for a third argument, so this small object is
+    how the two meet; both live in one training process and run one after the other.
+    """
+
+    def __init__(self) -> None:
+        self.flags: torch.Tensor | None = None
+
+
+class PartialLabelLoss(nn.Module):
+    """Any registered loss, made safe for partially contoured label maps.
+
+    In a case where organ ``k`` was not contoured, its voxels read background but are unknown. Here
+    channel ``k``'s logits are replaced by a constant ``-1e4`` for that sample before the wrapped
+    loss runs: its probability becomes 0, the remaining classes are softmaxed among themselves, the
+    cross-entropy and Dice terms see only the annotated classes, and channel ``k`` gets exactly zero
+    gradient from that sample (predicting the organ there is never punished). Samples that annotate
+    ``k`` still train it. With no flags (fully annotated data) this is the wrapped loss unchanged.
+    """
+
+    def __init__(self, loss: nn.Module, annotated: AnnotatedClasses | None = None) -> None:
+        super().__init__()
+        self.loss = loss
+        self.annotated = annotated or AnnotatedClasses()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flags = self.annotated.flags
+        if flags is None or bool(flags.all()):
+            return self.loss(logits, target)
+        flags = flags.to(device=logits.device, dtype=torch.bool)
+        if flags.shape != logits.shape[:2]:
+            raise ValueError(
+                f"annotated flags {tuple(flags.shape)} do not match logits {tuple(logits.shape[:2])}"
+            )
+        excluded = ~flags.view(*flags.shape, *([1] * (logits.ndim - 2)))
+        return self.loss(logits.masked_fill(excluded, _EXCLUDED_LOGIT), target)
+
+
 def loss_names() -> list[str]:
     """Registered loss names, the default first."""
     return list(LOSSES)
 
 
-def build_loss(name: str = DEFAULT_LOSS, **kwargs: Any) -> nn.Module:
+def build_loss(
+    name: str = DEFAULT_LOSS, annotated: AnnotatedClasses | None = None, **kwargs: Any
+) -> nn.Module:
     """Build loss ``name``; ``kwargs`` override the defaults (e.g. ``include_background=False``).
 
+    With ``annotated`` (shared with the batch preparation), the loss is wrapped in
+    :class:`PartialLabelLoss` so unannotated organs of partially contoured cases are not punished.
     Unknown names and arguments raise :class:`ConfigError` instead of a MONAI traceback.
     """
     try:
@@ -117,6 +168,8 @@ def build_loss(name: str = DEFAULT_LOSS, **kwargs: Any) -> nn.Module:
     except (TypeError, ValueError) as exc:
         raise ConfigError(None, f"cannot build loss {name!r}: {exc}") from None
     logger.debug("built loss %s with %s", name, merged)
+    if annotated is not None:
+        loss = PartialLabelLoss(loss, annotated)
     return loss
 
 
@@ -129,6 +182,8 @@ def loss_table() -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "AnnotatedClasses",
+    "PartialLabelLoss",
     "DEFAULT_LOSS",
     "LOSSES",
     "LabelOrSoftTargetLoss",

@@ -275,9 +275,17 @@ class MetricsTable:
 
     def __init__(self) -> None:
         self._rows: list[dict[str, Any]] = []
+        #: organ -> number of cases where it was not contoured (left out of its statistics).
+        self.unannotated: dict[str, int] = {}
 
-    def add(self, case_id: str, scores: Mapping[str, OrganScore]) -> None:
-        """Record the scores of one case (one row per organ)."""
+    def add(self, case_id: str, scores: Mapping[str, OrganScore], unannotated: Sequence[str] = ()) -> None:
+        """Record the scores of one case (one row per organ).
+
+        ``unannotated`` names organs this case's reference does not contour: they get no row (an
+        unknown reference cannot be scored, and a 0 would be a lie) but are counted per organ.
+        """
+        for organ in unannotated:
+            self.unannotated[organ] = self.unannotated.get(organ, 0) + 1
         for organ, s in scores.items():
             if organ == "mean":
                 raise LabelError(None, "an organ may not be called 'mean' (reserved in the summary)")
@@ -302,6 +310,7 @@ class MetricsTable:
         for organ, rows in by_organ.items():
             stats: dict[str, Any] = {
                 "n": len(rows),
+                "n_unannotated": self.unannotated.get(organ, 0),
                 "n_empty_ref": sum(r["empty_ref"] for r in rows),
                 "n_empty_pred": sum(r["empty_pred"] for r in rows),
             }

@@ -17,6 +17,9 @@ from medunet.io.atomic import atomic_write_text
 
 IntensityKind = Literal["ct_window", "zscore_nonzero"]
 
+#: Label-map clean-up steps a plan may select per organ (see ``medunet.inference.postprocess``).
+POSTPROCESSING_STEPS = ("largest_component", "fill_holes")
+
 
 @dataclass(frozen=True)
 class Intensity:
@@ -40,6 +43,12 @@ class Plans:
 
     ``target_spacing`` is in mm along R, A, S (images are reoriented to RAS first). ``patch_size`` has
     ``spatial_dims`` entries (2D patches are axial slices: the R and A axes).
+
+    ``mirror_axes`` are the RAS axes the network was trained to see mirrored (axis 0 = left/right,
+    always with the left/right label pairs swapped); test-time augmentation mirrors only these.
+    ``postprocessing`` maps an organ name to the clean-up steps validation showed to help it
+    (``"largest_component"``, ``"fill_holes"``); inference applies them by default. ``rationale``
+    says, per decision, why it was taken (so a reader of plans.json knows what came from where).
     """
 
     labels: dict[int, str]
@@ -51,6 +60,9 @@ class Plans:
     intensity: Intensity = field(default_factory=Intensity)
     network: str = "unet"
     network_kwargs: dict[str, Any] = field(default_factory=dict)
+    mirror_axes: tuple[int, ...] = ()
+    postprocessing: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rationale: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -61,6 +73,18 @@ class Plans:
             raise ConfigError(None, f"target_spacing must be 3 positive mm values, got {self.target_spacing}")
         if 0 not in self.labels:
             raise ConfigError(None, "labels must include 0 (background)")
+        if any(a not in range(self.spatial_dims) for a in self.mirror_axes):
+            raise ConfigError(
+                None, f"mirror_axes {self.mirror_axes} must be spatial axes < {self.spatial_dims}"
+            )
+        unknown = set(self.postprocessing) - set(self.organ_names)
+        if unknown:
+            raise ConfigError(None, f"postprocessing names unknown organs: {sorted(unknown)}")
+        bad = {s for steps in self.postprocessing.values() for s in steps} - set(POSTPROCESSING_STEPS)
+        if bad:
+            raise ConfigError(
+                None, f"unknown postprocessing steps {sorted(bad)}; valid: {POSTPROCESSING_STEPS}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -88,6 +112,11 @@ class Plans:
                 intensity=Intensity(**d.get("intensity", {})),
                 network=str(d.get("network", "unet")),
                 network_kwargs=dict(d.get("network_kwargs", {})),
+                mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
+                postprocessing={
+                    str(k): tuple(str(x) for x in v) for k, v in d.get("postprocessing", {}).items()
+                },
+                rationale={str(k): str(v) for k, v in d.get("rationale", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(None, f"invalid plans: {exc}") from None

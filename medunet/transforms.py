@@ -108,7 +108,15 @@ def preprocessing(
         threshold = plans.intensity.a_min if plans.intensity.kind == "ct_window" else 0.0
         chain.append(
             CropForegroundd(
-                keys, source_key=keys[0], select_fn=Above(threshold), margin=2, allow_smaller=True
+                keys,
+                source_key=keys[0],
+                select_fn=Above(threshold),
+                margin=2,
+                allow_smaller=True,
+                # No coordinate keys: they are numpy arrays in a fresh item but tensors once a
+                # PersistentDataset reloads it, and a batch mixing the two cannot be collated.
+                start_coord_key=None,
+                end_coord_key=None,
             )
         )
     chain.append(intensity_transform(plans, keys[0]))

@@ -79,3 +79,65 @@ def test_soft_targets_from_mixup_equal_the_one_hot_label_loss(name):
     assert torch.isfinite(value)
     with pytest.raises(ValueError, match="channels"):
         loss(logits, torch.zeros(2, 2, 8, 8, 8))
+
+
+# ------------------------------------------------------------------------------- partial labels
+
+
+@pytest.mark.parametrize("name", ["dicece", "dice", "dicefocal", "tversky"])
+def test_partial_label_loss_gives_zero_gradient_to_unannotated_organ(name: str) -> None:
+    """Sample 0 does not annotate organ 2: where its label says background, channel 2 is not pushed.
+
+    Sample 1 annotates everything, so channel 2 still trains there (the gradient is not globally off).
+    """
+    from medunet.losses import AnnotatedClasses
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    label = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    label[:, 0, 2:5, 2:5] = 1
+    label[1, 0, 6:8, 6:8] = 2
+    flags = AnnotatedClasses()
+    flags.flags = torch.tensor([[True, True, False], [True, True, True]])
+    loss = build_loss(name, annotated=flags)
+    loss(logits, label).backward()
+    grad = logits.grad
+    assert grad is not None
+    assert torch.count_nonzero(grad[0, 2]) == 0  # unannotated organ: not punished anywhere
+    assert torch.count_nonzero(grad[0, 1]) > 0  # annotated organs of the same sample still train
+    assert torch.count_nonzero(grad[1, 2]) > 0  # and the organ trains where it is annotated
+
+
+def test_partial_label_loss_does_not_punish_predicting_the_unknown_organ() -> None:
+    """Raising an unannotated organ's logit anywhere leaves the loss unchanged; a plain loss rises."""
+    from medunet.losses import AnnotatedClasses
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 3, 6, 6)
+    label = torch.zeros(1, 1, 6, 6, dtype=torch.long)
+    label[0, 0, 1:3, 1:3] = 1
+    flags = AnnotatedClasses()
+    flags.flags = torch.tensor([[True, True, False]])
+    partial, plain = build_loss("dicece", annotated=flags), build_loss("dicece")
+    louder = logits.clone()
+    louder[:, 2] += 5.0
+    assert torch.allclose(partial(logits, label), partial(louder, label))
+    assert plain(louder, label) > plain(logits, label) + 0.1
+    flags.flags = None  # fully annotated data: the wrapped loss exactly
+    assert torch.allclose(partial(logits, label), plain(logits, label))
+
+
+def test_prepare_batch_publishes_flags_and_cutmix_intersects_them() -> None:
+    from medunet.losses import AnnotatedClasses
+    from medunet.training.components import PrepareBatch
+
+    flags = AnnotatedClasses()
+    batch = {
+        "image": torch.zeros(2, 1, 8, 8),
+        "label": torch.zeros(2, 1, 8, 8),
+        "annotated": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]),
+    }
+    PrepareBatch(annotated=flags)(batch)
+    assert flags.flags.tolist() == [[True, True, False], [True, False, True]]
+    PrepareBatch("cutmix", prob=1.0, annotated=flags)(batch)
+    assert flags.flags.tolist() == [[True, False, False], [True, False, False]]

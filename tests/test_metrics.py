@@ -332,3 +332,23 @@ def test_threads_do_not_change_results(threads) -> None:
     assert organ_metrics(pred, ref, labels, (0.8, 0.8, 2.0), threads=threads) == organ_metrics(
         pred, ref, labels, (0.8, 0.8, 2.0), threads=1
     )
+
+
+def test_unannotated_organs_are_counted_not_scored() -> None:
+    from medunet.metrics import MetricsTable
+    from medunet.training.validation import annotated_labels
+
+    labels = {0: "background", 1: "a", 2: "b"}
+    ref = np.zeros((6, 6, 6), np.uint8)
+    ref[1:3, 1:3, 1:3] = 1
+    pred = ref.copy()
+    pred[4:6, 4:6, 4:6] = 2  # b predicted where b's reference is unknown
+    table = MetricsTable()
+    scored, unannotated = annotated_labels(labels, [1, 1, 0])
+    assert scored == {0: "background", 1: "a"} and unannotated == ["b"]
+    table.add("case1", organ_metrics(pred, ref, scored, (1, 1, 1)), unannotated=unannotated)
+    table.add("case2", organ_metrics(ref, ref, labels, (1, 1, 1)))
+    summary = table.summary()
+    assert summary["b"]["n"] == 1 and summary["b"]["n_unannotated"] == 1
+    assert summary["b"]["dice_mean"] == 1.0  # case1's unknown b is not a 0
+    assert summary["a"]["n"] == 2 and summary["a"]["n_unannotated"] == 0

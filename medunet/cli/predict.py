@@ -153,10 +153,17 @@ def run_predict(args: argparse.Namespace) -> int:
     dicom_dirs = {c.path for c in cases if c.is_dicom}
     check_output_location(output, list(dicom_dirs))
 
-    checkpoint = Path(args.checkpoint) if args.checkpoint else default_checkpoint(Path(args.bundle))
+    checkpoints = (
+        [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint(Path(args.bundle))]
+    )
+    checkpoint = checkpoints[0]
     tuning = {"overlap": args.overlap} if args.overlap is not None else {}
+    from medunet.inference.predictor import DEFAULT_TTA
+
+    if args.tta is None:
+        args.tta = DEFAULT_TTA
     predictor = Predictor.from_checkpoint(
-        checkpoint,
+        checkpoints,
         device=args.device,
         sw_batch_size=args.sw_batch_size,
         crop_foreground=args.crop_foreground,
@@ -164,6 +171,8 @@ def run_predict(args: argparse.Namespace) -> int:
         tta_mirror=args.tta,
         largest_component=args.largest_component,
         fill_holes=args.fill_holes,
+        postprocess=args.postprocess,
+        resample_scores=not args.resample_labels,
     )
     intensity = predictor.plans.intensity
     window = (intensity.a_min, intensity.a_max) if intensity.kind == "ct_window" else None
@@ -171,6 +180,9 @@ def run_predict(args: argparse.Namespace) -> int:
         "tta_mirror": args.tta,
         "largest_component": args.largest_component,
         "fill_holes": args.fill_holes,
+        "postprocessing": dict(predictor.plans.postprocessing) if args.postprocess else {},
+        "resample_scores": not args.resample_labels,
+        "ensemble": [str(c) for c in checkpoints],
         "overlap": predictor.overlap,
     }
     logger.info("predicting %d case(s) with %s on %s", len(cases), checkpoint, predictor.device)
@@ -228,7 +240,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ITK-SNAP label file and workspace, DICOM SEG (DICOM input), volumes and a preview.",
     )
     p.add_argument("--bundle", default="bundles/ct_organs", help="bundle folder (default: %(default)s)")
-    p.add_argument("--checkpoint", help="model checkpoint (default: <bundle>/models/best.pt)")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="FILE",
+        help="model checkpoint(s); several (e.g. one per cross-validation fold) are ensembled by "
+        "averaging their class probabilities (default: <bundle>/models/best.pt)",
+    )
     p.add_argument(
         "--input",
         "-i",
@@ -239,9 +257,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="where case folders are written")
     p.add_argument("--series", metavar="UID|all", help="which DICOM series when a folder holds several")
-    p.add_argument("--largest-component", action="store_true", help="keep each organ's largest component")
-    p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in each organ")
-    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (slower)")
+    p.add_argument(
+        "--largest-component", action="store_true", help="keep every organ's largest component (forces it)"
+    )
+    p.add_argument("--fill-holes", action="store_true", help="fill enclosed holes in every organ (forces it)")
+    p.add_argument(
+        "--no-postprocess",
+        dest="postprocess",
+        action="store_false",
+        help="skip the per-organ post-processing the model's validation selected (plans.json)",
+    )
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror test-time augmentation along the axes the model was trained mirrored, "
+        "left/right labels swapped back (default: on)",
+    )
+    p.add_argument(
+        "--resample-labels",
+        action="store_true",
+        help="argmax on the network grid and nearest-neighbour labels back to the source grid "
+        "(faster, staircase edges; default: class probabilities resampled, then argmax)",
+    )
     p.add_argument(
         "--uncertainty",
         action="store_true",

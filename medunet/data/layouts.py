@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,6 +93,52 @@ def _resolve(root: Path, rel: object, where: str, source: Path) -> Path:
     if not path.exists():
         raise DatasetError(path, f"listed in {source.name} ({where}) but does not exist")
     return path
+
+
+def _parse_annotated(raw: object, labels: Mapping[int, str], where: str, source: Path) -> frozenset[int] | None:
+    """An ``annotated`` entry (organ names or label values; a list or a ``;``-separated string).
+
+    Returns the set of contoured label values, or ``None`` when the entry is absent (all contoured).
+    Unknown names fail loudly: a typo would otherwise silently mark an organ as unknown everywhere.
+    """
+    if raw is None or raw == "":
+        return None
+    items = [x.strip() for x in raw.split(";")] if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple):
+        raise DatasetError(source, f"{where}: 'annotated' must be a list of organ names, got {raw!r}")
+    by_name = {name.lower(): value for value, name in labels.items()}
+    values: set[int] = set()
+    for item in items:
+        if isinstance(item, int) and not isinstance(item, bool) and item in labels:
+            values.add(int(item))
+        elif isinstance(item, str) and item.strip().lower() in by_name:
+            values.add(by_name[item.strip().lower()])
+        elif isinstance(item, str) and item.strip().isdigit() and int(item) in labels:
+            values.add(int(item))
+        else:
+            raise DatasetError(
+                source, f"{where}: 'annotated' names {item!r}, not one of {', '.join(labels.values())}"
+            )
+    return frozenset(values - {0})
+
+
+def _apply_sidecar(datalist_cases: list[Case], labels: Mapping[int, str], root: Path) -> list[Case]:
+    """Read ``annotated.json`` (``{case_id: [organ, ...]}``) next to a dataset, for layouts without a key."""
+    sidecar = root / "annotated.json"
+    if not sidecar.is_file():
+        return datalist_cases
+    table = _read_json(sidecar)
+    if not isinstance(table, dict):
+        raise DatasetError(sidecar, "expected an object {case_id: [organ names]}")
+    unknown = sorted(set(table) - {c.case_id for c in datalist_cases})
+    if unknown:
+        raise DatasetError(sidecar, f"names cases the dataset does not have: {', '.join(unknown[:5])}")
+    return [
+        replace(c, annotated=_parse_annotated(table.get(c.case_id), labels, c.case_id, sidecar))
+        if c.case_id in table
+        else c
+        for c in datalist_cases
+    ]
 
 
 def _check_unique(cases: list[Case], source: Path) -> None:
@@ -270,7 +316,8 @@ def load_decathlon(path: str | Path) -> Datalist:
         images = _decathlon_entry_images(entry["image"], root, f"{where}.image", djson)
         label = _resolve(root, entry["label"], f"{where}.label", djson)
         case_id = str(entry.get("case_id") or _strip_suffix(images[0].name) or images[0].stem)
-        training.append(Case(case_id, images, label))
+        annotated = _parse_annotated(entry.get("annotated"), labels, where, djson)
+        training.append(Case(case_id, images, label, annotated))
     test: list[Case] = []
     raw_test = d.get("test", [])
     if not isinstance(raw_test, list):
@@ -592,6 +639,7 @@ def load_csv(
         )
     training: list[Case] = []
     test: list[Case] = []
+    raw_annotated: dict[str, tuple[str, str | None]] = {}  # parsed once the label names are known
     for i, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"line {i}"
         if not row.get("image"):
@@ -603,7 +651,9 @@ def load_csv(
         )
         case_id = row.get("case_id") or _strip_suffix(images[0].name) or images[0].stem
         if row.get("label"):
-            training.append(Case(case_id, images, _resolve(root, row["label"], f"{where} label", csv_path)))
+            label_path = _resolve(root, row["label"], f"{where} label", csv_path)
+            training.append(Case(case_id, images, label_path))
+            raw_annotated[case_id] = (where, row.get("annotated") or None)
         else:
             test.append(Case(case_id, images))
     if not training and not test:
@@ -614,6 +664,10 @@ def load_csv(
         raise DatasetError(csv_path, f"rows have different numbers of channels: {sorted(n_channels)}")
     notes: list[str] = []
     names = _resolve_labels(labels, root, [c.label for c in training if c.label is not None], notes)
+    training = [
+        replace(c, annotated=_parse_annotated(raw_annotated[c.case_id][1], names, raw_annotated[c.case_id][0], csv_path))
+        for c in training
+    ]
     return Datalist(
         name=csv_path.stem if csv_path.stem != "dataset" else root.name,
         root=root,
@@ -703,6 +757,8 @@ def load_dataset(
         if labels is not None:
             logger.warning("%s: labels=... ignored; the %s layout declares its own labels", path, name)
         datalist = loader(path)
+    if name != "decathlon":  # Decathlon declares 'annotated' per entry; the others may use a sidecar
+        datalist.training = _apply_sidecar(datalist.training, datalist.labels, datalist.root)
     for note in datalist.notes:
         logger.warning("%s: %s", datalist.root, note)
     logger.debug(

@@ -3,19 +3,22 @@
 The fast path keeps everything on the compute device as tensor ops: reorientation is a transpose and
 flips, resampling is a separable linear interpolation that reproduces MONAI's ``Spacing`` exactly, the
 intensity step is the one from ``Plans.intensity``; then MONAI's sliding-window inferer with gaussian
-blending runs under ``torch.inference_mode`` (AMP on CUDA), the argmax is taken on the network grid,
-and only the label map travels back to the source grid (nearest neighbour + inverse transpose/flips).
+blending runs under ``torch.inference_mode`` (AMP on CUDA) on class probabilities (averaged over
+the models of an ensemble and the anatomy-respecting mirrors of TTA), the probabilities are
+interpolated linearly onto the source grid inside the organs' box and the argmax is taken there
+(``medunet.inference.scores``), and the plans' per-organ post-processing is applied.
+``resample_scores=False`` keeps the older, cheaper path: argmax on the network grid, label map back
+by nearest neighbour.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from medunet.errors import InvalidImageError
+from medunet.errors import ConfigError, InvalidImageError
 from medunet.inference.geometry import (
     Box,
     GridMap,
@@ -36,9 +39,11 @@ from medunet.inference.geometry import (
     to_ras,
 )
 from medunet.inference.geometry import from_ras as _from_ras
-from medunet.inference.postprocess import fill_holes, keep_largest_component
+from medunet.inference.postprocess import apply_postprocessing, fill_holes, keep_largest_component
+from medunet.inference.scores import labels_from_probabilities, mirror_channel_order, mirror_dims
 from medunet.io.volume import Volume
 from medunet.plans import Intensity, Plans
+from medunet.transforms import LR_AXIS
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +52,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_OVERLAP = 0.25
 
 BlendMode = Literal["gaussian", "constant"]
+
+#: Mirror TTA in the user-facing surfaces (``medunet predict``, ``inference.json``, evaluation). Only
+#: axes the model was trained mirrored are used, so a model without them is unaffected. Measured on
+#: real head-and-neck CT: bundles/ct_organs/README.md#results.
+DEFAULT_TTA = True
 
 
 @dataclass
@@ -90,6 +100,11 @@ def normalize_intensity(t: torch.Tensor, intensity: Intensity) -> torch.Tensor:
     return out
 
 
+def _preprocessing_key(plans: Plans) -> tuple:
+    """What ensemble members must share: everything that shapes the input and the output channels."""
+    return (plans.labels, plans.target_spacing, plans.spatial_dims, plans.intensity, plans.in_channels)
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,10 +133,15 @@ class Predictor:
         overlap: sliding-window overlap fraction. 0.25 (MONAI's default) with gaussian blending runs
             a third of the windows of 0.5 on a CT; its masks agree with stock 0.5 on >= 99.5% of voxels.
         mode: window blending, ``"gaussian"`` or ``"constant"``.
-        tta_mirror: average the logits over all mirrorings of the spatial axes (8 in 3D, 4 in 2D).
+        tta_mirror: also predict the mirrored input along each axis the network was trained to see
+            mirrored (``plans.mirror_axes``; left/right channels swapped back) and average.
         amp: mixed precision (bf16 where supported, else fp16); ``None`` = on for CUDA, off on CPU.
-        largest_component: keep only the largest connected component of each organ.
-        fill_holes: fill enclosed cavities of each organ.
+        largest_component: keep only the largest connected component of *every* organ (overrides
+            the plans' per-organ choice).
+        fill_holes: fill enclosed cavities of *every* organ (overrides the plans' choice).
+        postprocess: apply ``plans.postprocessing`` (the per-organ steps validation selected).
+        resample_scores: bring class probabilities to the source grid before the argmax (smooth
+            edges); ``False``: argmax on the network grid, labels back by nearest neighbour.
         slice_batch_size: axial slices per call for 2D networks.
         crop_foreground: run the network only on the bounding box of the body (CT: voxels above
             ``foreground_hu``; other intensities: non-zero voxels) plus ``crop_margin`` network voxels,
@@ -133,7 +153,7 @@ class Predictor:
 
     def __init__(
         self,
-        net: torch.nn.Module,
+        net: torch.nn.Module | Sequence[torch.nn.Module],
         plans: Plans,
         *,
         device: str | torch.device = "auto",
@@ -144,13 +164,19 @@ class Predictor:
         amp: bool | None = None,
         largest_component: bool = False,
         fill_holes: bool = False,
+        postprocess: bool = True,
+        resample_scores: bool = True,
         slice_batch_size: int = 32,
         crop_foreground: bool | None = None,
         crop_margin: int = 8,
         foreground_hu: float = -500.0,
     ) -> None:
         self.device = _resolve_device(device)
-        self.net = net.to(self.device).eval()
+        nets = list(net) if isinstance(net, Sequence) else [net]
+        if not nets:
+            raise ValueError("Predictor needs at least one network")
+        self.nets = [n.to(self.device).eval() for n in nets]
+        self.net = self.nets[0]
         self.plans = plans
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
@@ -159,6 +185,14 @@ class Predictor:
         self.amp = (self.device.type == "cuda") if amp is None else bool(amp)
         self.largest_component = bool(largest_component)
         self.fill_holes = bool(fill_holes)
+        self.postprocess = bool(postprocess)
+        self.resample_scores = bool(resample_scores)
+        self._mirror_dims = mirror_dims(plans.mirror_axes, plans.spatial_dims)
+        self._mirror_order = torch.as_tensor(mirror_channel_order(plans.labels, plans.num_classes))
+        if self.tta_mirror and not self._mirror_dims:
+            logger.warning(
+                "tta: the model was not trained with mirroring (plans.mirror_axes is empty): TTA is a no-op"
+            )
         self.slice_batch_size = int(slice_batch_size)
         if crop_foreground is None:
             crop_foreground = plans.intensity.kind == "ct_window"
@@ -167,17 +201,35 @@ class Predictor:
         self.foreground_hu = float(foreground_hu)
         self.checkpoint: Path | None = None
         self.checkpoint_sha256: str | None = None
+        self.checkpoints: list[Path] = []
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
-        """Rebuild the network and plans stored in a checkpoint (see ``training.checkpoint``)."""
+    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], **kwargs: object) -> Predictor:
+        """Rebuild the network(s) and plans stored in one checkpoint or several (an ensemble).
+
+        An ensemble's members must preprocess identically (same labels, spacing, patch, intensity,
+        dimensionality); their class probabilities are averaged. The first member's plans (its
+        post-processing choice and mirror axes) are used.
+        """
         from medunet.training.checkpoint import load_model
 
-        path = Path(path)
-        net, plans = load_model(path)
-        predictor = cls(net, plans, **kwargs)  # type: ignore[arg-type]
-        predictor.checkpoint = path
-        predictor.checkpoint_sha256 = _file_sha256(path)
+        paths = [Path(p) for p in ([path] if isinstance(path, str | Path) else path)]
+        if not paths:
+            raise ValueError("no checkpoint given")
+        loaded = [load_model(p) for p in paths]
+        plans = loaded[0][1]
+        for p, (_, other) in zip(paths[1:], loaded[1:], strict=True):
+            if _preprocessing_key(other) != _preprocessing_key(plans):
+                raise ConfigError(
+                    p, f"ensemble member preprocesses differently from {paths[0]}: {other} vs {plans}"
+                )
+        predictor = cls([n for n, _ in loaded], plans, **kwargs)  # type: ignore[arg-type]
+        predictor.checkpoint = paths[0]
+        predictor.checkpoints = paths
+        digests = [_file_sha256(p) for p in paths]
+        predictor.checkpoint_sha256 = (
+            digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+        )
         return predictor
 
     # ------------------------------------------------------------------ preprocessing
@@ -241,25 +293,34 @@ class Predictor:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Network forward on a window batch, with optional mirroring TTA; float32 logits."""
+        """Class probabilities of a window batch: mean over ensemble members and TTA mirrors (float32).
 
-        def run(inp: torch.Tensor) -> torch.Tensor:
-            out = self.net(inp)
+        A mirrored pass is flipped back and, when it mirrored left/right, its left/right channels
+        are swapped back, so every pass votes for the same anatomy.
+        """
+
+        def run(net: torch.nn.Module, inp: torch.Tensor) -> torch.Tensor:
+            out = net(inp)
             if isinstance(out, list | tuple):  # deep supervision heads: first is full resolution
                 out = out[0]
-            return out.float()
+            elif out.ndim == inp.ndim + 1:  # MONAI DynUNet stacks deep supervision heads on dim 1
+                out = out[:, 0]
+            return torch.softmax(out.float(), 1)
 
+        passes = [[]] + (self._mirror_dims if self.tta_mirror else [])
+        total: torch.Tensor | None = None
         with self._autocast():
-            logits = run(x)
-            if self.tta_mirror:
-                spatial = list(range(2, x.ndim))
-                flips = [
-                    list(c) for r in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, r)
-                ]
-                for dims in flips:
-                    logits = logits + run(x.flip(dims)).flip(dims)
-                logits = logits / (len(flips) + 1)
-        return logits
+            for net in self.nets:
+                for dims in passes:
+                    if not dims:
+                        p = run(net, x)
+                    else:
+                        p = run(net, x.flip(dims)).flip(dims)
+                        if 2 + LR_AXIS in dims:
+                            p = p[:, self._mirror_order.to(p.device)]
+                    total = p if total is None else total + p
+        assert total is not None
+        return total / (len(self.nets) * len(passes))
 
     def _sliding(self, x: torch.Tensor) -> torch.Tensor:
         out = sliding_window_inference(
@@ -291,6 +352,16 @@ class Predictor:
             logits = self._sliding(slices[start:stop].contiguous())  # (n, K, X', Y')
             yield slice(start, stop), logits.permute(1, 2, 3, 0)
 
+    def _postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """User-forced steps for every organ, else the per-organ steps the plans selected."""
+        if self.largest_component:
+            labels = keep_largest_component(labels)
+        if self.fill_holes:
+            labels = fill_holes(labels)
+        if self.postprocess and self.plans.postprocessing:
+            labels = apply_postprocessing(labels, self.plans.labels, self.plans.postprocessing)
+        return labels
+
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
     def predict(
@@ -309,37 +380,39 @@ class Predictor:
         labels = torch.zeros(grid.resampled_shape, dtype=label_dtype, device=self.device)
         entropy = torch.zeros(grid.resampled_shape, device=self.device) if uncertainty else None
         probs = None
-        if return_probabilities:
+        if return_probabilities or self.resample_scores:
             probs = torch.zeros((num_classes, *grid.resampled_shape), device=self.device)
             probs[0] = 1.0
         inner = (slice(None),) * 3 if box is None else tuple(slice(lo, hi) for lo, hi in box)
-        for zs, logits in self._logit_chunks(x):
-            labels[inner][..., zs] = logits.argmax(0).to(label_dtype)
-            if entropy is not None or probs is not None:
-                p = torch.softmax(logits, 0)
-                if entropy is not None:
-                    ent = -(p * torch.log(p.clamp_min(1e-12))).sum(0)
-                    entropy[inner][..., zs] = ent / math.log(max(num_classes, 2))
-                if probs is not None:
-                    probs[(slice(None), *inner)][..., zs] = p
-            del logits
+        for zs, p in self._logit_chunks(x):  # class probabilities per chunk
+            labels[inner][..., zs] = p.argmax(0).to(label_dtype)
+            if entropy is not None:
+                ent = -(p * torch.log(p.clamp_min(1e-12))).sum(0)
+                entropy[inner][..., zs] = ent / math.log(max(num_classes, 2))
+            if probs is not None:
+                probs[(slice(None), *inner)][..., zs] = p
+            del p
         del x
         t2 = time.perf_counter()
         to_src: Callable[[torch.Tensor, str], np.ndarray] = lambda t, m: (  # noqa: E731
             _from_ras(resample_to_ras(t, grid, mode=m), grid).contiguous().cpu().numpy()
         )
-        out_labels = to_src(labels, "nearest")
+        if self.resample_scores:
+            assert probs is not None
+            ras_labels = labels_from_probabilities(probs, grid, label_dtype)
+            out_labels = _from_ras(ras_labels, grid).contiguous().cpu().numpy()
+        else:
+            out_labels = to_src(labels, "nearest")
         out_labels = out_labels.astype(np.uint8 if num_classes <= 256 else np.uint16, copy=False)
-        if self.largest_component:
-            out_labels = keep_largest_component(out_labels)
-        if self.fill_holes:
-            out_labels = fill_holes(out_labels)
+        out_labels = self._postprocess(out_labels)
         prediction = Prediction(
             labels=out_labels,
             affine=volume.affine.copy(),
             label_names=dict(self.plans.labels),
             uncertainty=None if entropy is None else to_src(entropy, "nearest").astype(np.float32),
-            probabilities=None if probs is None else to_src(probs, "linear").astype(np.float32),
+            probabilities=None
+            if not return_probabilities or probs is None
+            else to_src(probs, "linear").astype(np.float32),
             network_box=box,
         )
         t3 = time.perf_counter()

@@ -25,6 +25,8 @@ from medunet.training.data import (
 from medunet.training.environment import TrainingEnv, setup_environment
 from medunet.training.handlers import Checkpointer, EarlyStopping, EpochSeeder, TrainLogger, ValidationHandler
 from medunet.training.planning import fingerprint_for, make_plans, plans_for_run
+from medunet.training.postprocessing import PostprocessingSelector, choose_postprocessing
+from medunet.training.schedule import Schedule, TimeBudgetGuard, plan_schedule
 from medunet.training.state import find_resume_checkpoint
 from medunet.training.validation import Validator, build_inferer
 
@@ -32,7 +34,10 @@ __all__ = [
     "Checkpointer",
     "EarlyStopping",
     "EpochSeeder",
+    "PostprocessingSelector",
     "PrepareBatch",
+    "Schedule",
+    "TimeBudgetGuard",
     "TrainLogger",
     "TrainingEnv",
     "ValidationHandler",
@@ -42,6 +47,7 @@ __all__ = [
     "build_model",
     "build_scheduler",
     "check_pairs",
+    "choose_postprocessing",
     "find_resume_checkpoint",
     "fingerprint_for",
     "is_valid_checkpoint",
@@ -50,6 +56,7 @@ __all__ = [
     "make_augmentation",
     "make_plans",
     "make_split",
+    "plan_schedule",
     "plans_for_run",
     "read_split",
     "resolve_dataset",

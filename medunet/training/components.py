@@ -10,6 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from medunet.errors import ConfigError
+from medunet.losses import AnnotatedClasses
 from medunet.networks import build_network
 from medunet.plans import Plans
 from medunet.training.environment import TrainingEnv
@@ -36,9 +37,14 @@ def wrap_ddp(network: torch.nn.Module, env: TrainingEnv) -> torch.nn.Module:
 
 
 def make_augmentation(plans: Plans, num_samples: int | None = None, **kwargs: Any) -> Augmentation:
-    """Augmentation settings; ``num_samples`` (patches per case and step) defaults to 2 in 3D, 8 in 2D."""
+    """Augmentation settings; ``num_samples`` (patches per case and step) defaults to 2 in 3D, 8 in 2D.
+
+    Left/right mirroring (with label swap) follows ``plans.mirror_axes``, so test-time augmentation
+    mirrors exactly what training did.
+    """
     if num_samples is None:
         num_samples = 2 if plans.spatial_dims == 3 else 8
+    kwargs.setdefault("flip_lr_swap", 0 in plans.mirror_axes)
     return Augmentation(num_samples=int(num_samples), **kwargs)
 
 
@@ -92,6 +98,7 @@ class PrepareBatch:
         mix: Literal["none", "cutmix", "mixup"] = "none",
         prob: float = 0.5,
         num_classes: int | None = None,
+        annotated: AnnotatedClasses | None = None,
     ) -> None:
         if mix not in ("none", "cutmix", "mixup"):
             raise ConfigError(None, f"mix must be 'none', 'cutmix' or 'mixup', got {mix!r}")
@@ -100,20 +107,32 @@ class PrepareBatch:
         self.mix = mix
         self.prob = float(prob)
         self.num_classes = num_classes
+        #: Where the batch's per-sample annotated-class flags go for the partial-label loss.
+        self.annotated = annotated
 
     def __call__(
         self, batchdata: dict[str, Any], device: Any = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.as_tensor(batchdata["image"]).to(device=device, non_blocking=non_blocking)
         label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking)
+        flags = batchdata.get("annotated") if self.annotated is not None else None
+        if flags is not None:
+            flags = torch.as_tensor(flags).to(device=device).bool()
         if self.mix == "none" or image.shape[0] < 2 or float(torch.rand(())) >= self.prob:
+            self._publish(flags)
             return image, label
         perm = torch.roll(torch.arange(image.shape[0]), 1)
+        # A mixed patch holds voxels of two cases: an organ is known only where both annotate it.
+        self._publish(None if flags is None else flags & flags[perm])
         if self.mix == "cutmix":
             return cutmix(image, label, perm)
         lam = float(torch.distributions.Beta(0.4, 0.4).sample())
         onehot = torch.nn.functional.one_hot(label[:, 0].long(), self.num_classes).movedim(-1, 1).float()
         return lam * image + (1 - lam) * image[perm], lam * onehot + (1 - lam) * onehot[perm]
+
+    def _publish(self, flags: torch.Tensor | None) -> None:
+        if self.annotated is not None:
+            self.annotated.flags = flags
 
 
 def cutmix(image: torch.Tensor, label: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from medunet.data.datalist import Case, Datalist
 from medunet.data.layouts import load_dataset
-from medunet.data.splits import Split, split_cases
+from medunet.data.splits import Split, case_hash, kfold, split_cases
 from medunet.errors import DatasetError, GeometryMismatchError, InvalidImageError, MedunetError
 from medunet.io.atomic import atomic_write_text
 from medunet.io.nifti import is_nifti
@@ -64,22 +64,41 @@ def make_split(
     test_fraction: float = 0.0,
     seed: int = 0,
     check_files: bool = True,
+    fold: int | str | None = None,
+    folds: int = 5,
+    max_val_cases: int | None = 12,
 ) -> Split:
     """Split the labelled cases into train/val/test, validate their files, save ``split.json``.
 
     The split depends only on the case ids and ``seed``, so evaluation can find the held-out cases of
     a run again from ``split.json``. Test-set cases the layout declares separately are added to the
-    test split when they have labels.
+    test split when they have labels. ``fold``/``folds`` (cross-validation) validate on fold
+    ``fold`` of ``folds`` instead; folds never overlap and together cover every case once.
+    ``max_val_cases`` caps a fractional validation split (the surplus trains): a validation pass
+    costs wall time in every budgeted run, and past a dozen cases it changes the choice of the best
+    checkpoint little while every case moved back is more training data.
     """
     labelled = [c for c in datalist.training if c.label is not None]
-    split = split_cases(labelled, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if fold not in (None, "", "None", "null"):
+        split = kfold(labelled, int(folds), int(fold), seed=seed)
+        logger.info("cross-validation fold %d of %d", int(fold), int(folds))
+    else:
+        split = split_cases(labelled, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        if max_val_cases and len(split.val) > int(max_val_cases):
+            order = sorted(split.val, key=lambda c: case_hash(c.case_id, seed))
+            keep = {c.case_id for c in order[: int(max_val_cases)]}
+            split = Split(
+                [c for c in labelled if c.case_id not in keep and c not in split.test],
+                [c for c in split.val if c.case_id in keep],
+                split.test,
+            )
     split = Split(split.train, split.val, [*split.test, *(c for c in datalist.test if c.label is not None)])
     if check_files:
         check_pairs([*split.train, *split.val])
     ids = split.ids()
     logger.info("split: %d train, %d val, %d test cases", len(split.train), len(split.val), len(split.test))
     out = Path(output_dir)
-    record = {"dataset": str(datalist.root), "seed": seed, **ids}
+    record = {"dataset": str(datalist.root), "seed": seed, "fold": fold, "folds": folds, **ids}
     atomic_write_text(out / "split.json", json.dumps(record, indent=2) + "\n")
     return split
 
@@ -184,9 +203,13 @@ def make_dataset(
     cache_dir: str | Path | None,
     num_workers: int = 0,
     progress: bool = True,
+    num_classes: int | None = None,
 ) -> Dataset:
-    """``CacheDataset`` when the preprocessed cases fit ``cache_ram_gb``, else ``PersistentDataset``."""
-    data = [c.to_monai() for c in cases]
+    """``CacheDataset`` when the preprocessed cases fit ``cache_ram_gb``, else ``PersistentDataset``.
+
+    With ``num_classes`` every item carries its case's ``annotated`` flags (partial labels).
+    """
+    data = [c.to_monai(num_classes) for c in cases]
     need_gb = case_bytes * len(data) / 1e9
     if need_gb <= cache_ram_gb or cache_dir is None:
         logger.info("caching %d preprocessed cases in RAM (~%.2f GB)", len(data), need_gb)
@@ -221,6 +244,7 @@ def train_loader(
         cache_ram_gb=cache_ram_gb,
         cache_dir=cache_dir,
         progress=env.is_main,
+        num_classes=plans.num_classes,
     )
     sampler = DistributedSampler(ds, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=env.seed)
     return ThreadDataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=False)
@@ -230,7 +254,7 @@ def val_dataset(cases: Sequence[Case], plans: Plans, env: TrainingEnv) -> Datase
     """Validation cases preprocessed once and kept in RAM (only the main process validates)."""
     if not env.is_main:
         return Dataset([], val_transforms(plans))
-    return CacheDataset([c.to_monai() for c in cases], val_transforms(plans), progress=True)
+    return CacheDataset([c.to_monai(plans.num_classes) for c in cases], val_transforms(plans), progress=True)
 
 
 def _compose(head: object, tail: object) -> object:

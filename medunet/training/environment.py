@@ -10,7 +10,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -32,6 +33,13 @@ class TrainingEnv:
     world_size: int = 1
     local_rank: int = 0
     distributed: bool = False
+    #: ``time.monotonic()`` when the environment was set up (the bundle's first step): a time budget
+    #: counts from here, so dataset caching and planning are inside it.
+    started: float = field(default_factory=time.monotonic)
+
+    def elapsed_s(self) -> float:
+        """Seconds since the environment was set up."""
+        return time.monotonic() - self.started
 
     @property
     def is_main(self) -> bool:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
 
@@ -35,6 +36,19 @@ def build_inferer(plans: Plans, sw_batch_size: int = 4, overlap: float = 0.5) ->
     return SlidingWindowInferer(**common)
 
 
+def annotated_labels(labels: dict[int, str], flags: Any = None) -> tuple[dict[int, str], list[str]]:
+    """Split ``labels`` into the organs a case annotates and the names of those it does not.
+
+    ``flags`` is one 0/1 value per class value (``Case.annotated_mask``) or ``None`` (all annotated).
+    An unannotated organ's reference is unknown: it is left out of the case's scores and counted.
+    """
+    if flags is None:
+        return dict(labels), []
+    f = [bool(v) for v in torch.as_tensor(flags).reshape(-1).tolist()]
+    keep = {k: v for k, v in labels.items() if k == 0 or (k < len(f) and f[k])}
+    return keep, [v for k, v in sorted(labels.items()) if k not in keep]
+
+
 class Validator:
     """Runs a network over preprocessed validation cases and scores every organ.
 
@@ -59,23 +73,34 @@ class Validator:
         self.inferer = build_inferer(plans, sw_batch_size, overlap)
 
     @torch.no_grad()
-    def run(self, network: torch.nn.Module) -> MetricsTable:
-        """Score ``network`` on every case (train mode is restored afterwards)."""
+    def predictions(self, network: torch.nn.Module) -> Iterator[tuple[str, np.ndarray, np.ndarray, Any]]:
+        """``(case_id, predicted labels, reference labels, annotated flags)`` per validation case.
+
+        Label maps are on the plans' grid. Train mode is restored when the iteration ends.
+        """
         was_training = network.training
         network.eval()
-        table = MetricsTable()
-        t0 = time.perf_counter()
         try:
-            for item in self.data:
+            for i, item in enumerate(self.data):
                 image = torch.as_tensor(item["image"])[None].to(self.device)
                 autocast = torch.autocast("cuda") if self.amp else contextlib.nullcontext()
                 with autocast:
                     logits = self.inferer(image, network)
+                if isinstance(logits, list | tuple):
+                    logits = logits[0]
                 pred = torch.as_tensor(logits).argmax(1)[0].to(torch.uint8).cpu().numpy()
                 ref = torch.as_tensor(item["label"])[0].to(torch.uint8).cpu().numpy()
-                case_id = str(item.get("case_id", len(table.rows())))
-                table.add(case_id, organ_metrics(pred, ref, self.plans.labels, self.plans.target_spacing))
+                yield str(item.get("case_id", i)), pred, ref, item.get("annotated")
         finally:
             network.train(was_training)
+
+    def run(self, network: torch.nn.Module) -> MetricsTable:
+        """Score ``network`` on every case; organs a case does not annotate are counted, not scored."""
+        table = MetricsTable()
+        t0 = time.perf_counter()
+        for case_id, pred, ref, flags in self.predictions(network):
+            labels, unannotated = annotated_labels(self.plans.labels, flags)
+            scores = organ_metrics(pred, ref, labels, self.plans.target_spacing)
+            table.add(case_id, scores, unannotated=unannotated)
         logger.debug("validation took %.1fs", time.perf_counter() - t0)
         return table

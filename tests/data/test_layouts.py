@@ -332,3 +332,64 @@ def test_decathlon_test_cases_pick_up_labels_ts(tmp_path: Path) -> None:
     (case,) = load_dataset(root).test
     assert case.case_id == "case_t" and case.label == ref
     assert case.to_monai()["label"] == str(ref)
+
+
+# ------------------------------------------------------------------------------ partial labels
+
+
+def _organ(name_or_value: object) -> int:
+    return {v: k for k, v in LABELS.items()}[name_or_value] if isinstance(name_or_value, str) else int(name_or_value)  # type: ignore[arg-type]
+
+
+def test_decathlon_annotated_key_marks_partially_contoured_cases(tmp_path: Path) -> None:
+    root = make_decathlon(tmp_path / "d")
+    meta = json.loads((root / "dataset.json").read_text())
+    organs = [v for k, v in LABELS.items() if k != 0]
+    meta["training"][0]["annotated"] = organs[:1]
+    meta["training"][1]["annotated"] = [str(_organ(organs[-1]))]  # values work too
+    (root / "dataset.json").write_text(json.dumps(meta))
+    dl = load_dataset(root)
+    by_id = {c.case_id: c for c in dl.training}
+    assert by_id[CASES[0]].annotated == frozenset({_organ(organs[0])})
+    assert by_id[CASES[1]].annotated == frozenset({_organ(organs[-1])})
+    assert by_id[CASES[2]].annotated is None and by_id[CASES[2]].is_annotated(_organ(organs[0]))
+    assert dl.is_partial
+    flags = by_id[CASES[0]].to_monai(dl.num_classes)["annotated"]
+    assert flags.tolist() == [1.0] + [1.0 if k == _organ(organs[0]) else 0.0 for k in range(1, dl.num_classes)]
+
+
+def test_annotated_unknown_organ_is_refused_with_the_entry(tmp_path: Path) -> None:
+    root = make_decathlon(tmp_path / "d")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][0]["annotated"] = ["Pancreas"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=r"training\[0\].*Pancreas"):
+        load_dataset(root)
+
+
+def test_csv_annotated_column_and_sidecar_for_other_layouts(tmp_path: Path) -> None:
+    organs = [v for k, v in LABELS.items() if k != 0]
+    csv_path = make_csv(tmp_path / "c")
+    rows = list(csv.reader(csv_path.open()))
+    rows[0].append("annotated")
+    rows[1].append(organs[0])
+    rows[2].append(";".join(organs))
+    rows[3].append("")
+    rows[4].append("")
+    with csv_path.open("w", newline="") as fh:
+        csv.writer(fh).writerows(rows)
+    dl = load_dataset(csv_path)
+    by_id = {c.case_id: c for c in dl.training}
+    assert by_id[CASES[0]].annotated == frozenset({_organ(organs[0])})
+    assert by_id[CASES[1]].annotated == frozenset(_organ(o) for o in organs)
+    assert by_id[CASES[2]].annotated is None
+
+    root = make_nnunet(tmp_path / "n")
+    (root / "annotated.json").write_text(json.dumps({CASES[1]: [organs[-1]]}))
+    dl = load_dataset(root)
+    by_id = {c.case_id: c for c in dl.training}
+    assert by_id[CASES[1]].annotated == frozenset({_organ(organs[-1])})
+    assert by_id[CASES[0]].annotated is None
+    (root / "annotated.json").write_text(json.dumps({"nobody": [organs[0]]}))
+    with pytest.raises(DatasetError, match="nobody"):
+        load_dataset(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,34 @@ def test_cli_datalist_writes_the_split(tmp_path: Path) -> None:
     assert [d["case_id"] for d in written["training"]] == [c.case_id for c in expected.train]
     assert written["labels"] == {"0": "background", "1": "liver"}
     assert written["training"][0]["image"].endswith(".nii.gz")
+
+
+def test_bundle_fold_split_never_overlaps_and_covers_every_case(tmp_path: Path) -> None:
+    """``--fold k --folds n`` in the bundle: folds are disjoint, cover every case, train never sees val."""
+    from medunet.data.datalist import Datalist
+    from medunet.training.data import make_split
+
+    cases = [Case(f"c{i:02d}", (Path(f"/x/c{i:02d}.nii.gz"),), Path(f"/y/c{i:02d}.nii.gz")) for i in range(23)]
+    dl = Datalist("d", tmp_path, {0: "background", 1: "a"}, {0: "CT"}, training=cases)
+    seen: list[str] = []
+    for k in range(5):
+        split = make_split(dl, tmp_path / f"f{k}", fold=k, folds=5, check_files=False)
+        train, val = {c.case_id for c in split.train}, {c.case_id for c in split.val}
+        assert not train & val
+        assert train | val == {c.case_id for c in cases}
+        seen += sorted(val)
+        assert json.loads((tmp_path / f"f{k}" / "split.json").read_text())["fold"] == k
+    assert sorted(seen) == sorted(c.case_id for c in cases)
+
+
+def test_validation_cap_moves_the_surplus_to_training(tmp_path: Path) -> None:
+    from medunet.data.datalist import Datalist
+    from medunet.training.data import make_split
+
+    cases = [Case(f"c{i:03d}", (Path(f"/x/{i}.nii.gz"),), Path(f"/y/{i}.nii.gz")) for i in range(200)]
+    dl = Datalist("d", tmp_path, {0: "background", 1: "a"}, {0: "CT"}, training=cases)
+    uncapped = make_split(dl, tmp_path / "a", max_val_cases=None, check_files=False)
+    capped = make_split(dl, tmp_path / "b", max_val_cases=12, check_files=False)
+    assert len(uncapped.val) > 12 and len(capped.val) == 12
+    assert {c.case_id for c in capped.val} <= {c.case_id for c in uncapped.val}
+    assert len(capped.train) == 200 - 12

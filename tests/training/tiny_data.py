@@ -72,6 +72,7 @@ TINY = {
     "device": "cpu",
     "warmup_epochs": 0,
     "mlflow_tracker#enabled": False,
+    "time_budget_min": None,
 }
 
 

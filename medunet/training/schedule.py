@@ -1,0 +1,268 @@
+"""Plan the training schedule from a wall-clock budget: epochs, LR schedule length, validation cadence.
+
+With ``time_budget_min`` set, a few real training iterations are timed on the actual model, loss,
+optimiser and data (their state is restored afterwards), one validation case is timed, and the
+number of epochs is the largest that fits what is left of the budget after setup, validation and
+the closing post-processing choice. The LR schedule is planned over exactly those iterations, so
+the cosine decay ends where the run does (a run that is merely cut off at the budget would end at
+a high learning rate). :class:`TimeBudgetGuard` stops a run that overruns anyway (a slower machine
+than measured); the plan is saved in ``schedule.json`` and reused on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from medunet.config import as_bool
+from medunet.errors import ConfigError
+from medunet.io.atomic import atomic_write_text
+from medunet.training.environment import TrainingEnv
+
+logger = logging.getLogger(__name__)
+
+#: Validations per budgeted run (best-checkpoint choice needs a few; each costs a full pass).
+TARGET_VALIDATIONS = 5
+#: Iterations timed after 2 untimed warm-up iterations.
+TIMED_ITERATIONS = 5
+#: Fraction of the budget kept free for what the measurement cannot see (loader hiccups, GC, load).
+SAFETY_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long the run trains and how often it validates, with the numbers that decided it."""
+
+    max_epochs: int
+    val_interval: int
+    steps_per_epoch: int
+    time_budget_min: float | None = None
+    seconds_per_iteration: float | None = None
+    seconds_per_validation: float | None = None
+    setup_seconds: float | None = None
+    reason: str = ""
+
+    @property
+    def total_iterations(self) -> int:
+        return self.max_epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_iterations": self.total_iterations}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Schedule:
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**fields)
+
+
+def plan_epochs(
+    budget_s: float,
+    setup_s: float,
+    s_per_iteration: float,
+    steps_per_epoch: int,
+    s_per_validation: float,
+    reserve_s: float = 0.0,
+    target_validations: int = TARGET_VALIDATIONS,
+) -> tuple[int, int, str]:
+    """The arithmetic of the plan: ``(max_epochs, val_interval, reason)``. Pure, so tests pin it.
+
+    Training time = budget - setup - reserve - safety margin; each epoch costs ``steps_per_epoch``
+    iterations plus its share of the validations (about ``target_validations`` in all, one of them
+    after the last epoch).
+    """
+    if budget_s <= 0 or s_per_iteration <= 0 or steps_per_epoch <= 0:
+        raise ConfigError(None, "time budget, iteration time and steps per epoch must be positive")
+    usable = budget_s * (1.0 - SAFETY_FRACTION) - setup_s - reserve_s
+    epoch_s = steps_per_epoch * s_per_iteration
+    validations_s = target_validations * max(0.0, s_per_validation)
+    epochs = int((usable - validations_s) // epoch_s) if usable > validations_s else 0
+    if epochs < target_validations:  # few epochs: validate less often, not the whole budget away
+        epochs = int((usable - max(0.0, s_per_validation)) // epoch_s) if usable > s_per_validation else 0
+    epochs = max(1, epochs)
+    interval = max(1, math.ceil(epochs / target_validations))
+    reason = (
+        f"{budget_s / 60:.1f} min budget: {setup_s:.0f} s setup + {reserve_s:.0f} s reserved; "
+        f"{s_per_iteration:.3f} s/iteration x {steps_per_epoch} iterations/epoch; "
+        f"{s_per_validation:.1f} s/validation every {interval} epochs -> {epochs} epochs "
+        f"({epochs * steps_per_epoch} iterations)"
+    )
+    return epochs, interval, reason
+
+
+def time_training_iterations(
+    network: torch.nn.Module,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    amp: bool = False,
+    iterations: int = TIMED_ITERATIONS,
+) -> float:
+    """Seconds per training iteration, measured on the real pipeline; every state is restored.
+
+    Loading and augmenting the batch is part of the time (the trainer pays it too). Model,
+    optimiser and all RNG states are put back, so the run itself is the one it would have been.
+    """
+    model_state = copy.deepcopy(network.state_dict())
+    opt_state = copy.deepcopy(optimizer.state_dict())
+    rng = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    cuda_rng = torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    network.train()
+    times: list[float] = []
+    try:
+        batches = iter(loader)
+        for i in range(2 + iterations):
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(loader)
+                batch = next(batches)
+            image, label = prepare_batch(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            ctx = torch.autocast(device.type) if amp else torch.autocast(device.type, enabled=False)
+            with ctx:
+                loss = loss_function(network(image), label)
+            loss.backward()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+    finally:
+        network.load_state_dict(model_state)
+        optimizer.load_state_dict(opt_state)
+        torch.set_rng_state(rng[0])
+        np.random.set_state(rng[1])
+        random.setstate(rng[2])
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    return float(np.median(times))
+
+
+def plan_schedule(
+    env: TrainingEnv,
+    output_dir: str | Path,
+    steps_per_epoch: int,
+    max_epochs: int = 150,
+    val_interval: int = 10,
+    time_budget_min: float | str | None = None,
+    *,
+    network: torch.nn.Module | None = None,
+    loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    loader: Any = None,
+    prepare_batch: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+    validator: Any = None,
+    amp: bool = False,
+    resume: bool | str = False,
+    reserve_s: float = 0.0,
+) -> Schedule:
+    """The run's schedule: the fixed ``max_epochs``/``val_interval``, or one planned from the budget.
+
+    ``time_budget_min`` (minutes, wall clock from the start of the process) overrides ``max_epochs``
+    and ``val_interval``. Resuming reuses ``schedule.json`` so the LR schedule does not move.
+    Under DDP every rank plans the same numbers (rank 0 measures and broadcasts).
+    """
+    path = Path(output_dir) / "schedule.json"
+    steps_per_epoch = max(1, int(steps_per_epoch))
+    if as_bool(resume, "resume") and path.is_file():
+        saved = Schedule.from_dict(json.loads(path.read_text()))
+        logger.info("resume: reusing the saved schedule (%d epochs)", saved.max_epochs)
+        return saved
+    budget = None if time_budget_min in (None, "", "None", "null", 0) else float(time_budget_min)
+    if budget is None:
+        schedule = Schedule(
+            int(max_epochs),
+            max(1, int(val_interval)),
+            steps_per_epoch,
+            reason="fixed max_epochs (no time budget)",
+        )
+    else:
+        if budget <= 0:
+            raise ConfigError(None, f"time_budget_min must be positive, got {time_budget_min}")
+        if (
+            network is None
+            or loss_function is None
+            or optimizer is None
+            or loader is None
+            or prepare_batch is None
+        ):
+            raise ConfigError(
+                None, "a time budget needs the network, loss, optimizer, loader and batch preparation"
+            )
+        s_iter = time_training_iterations(
+            network, loss_function, optimizer, loader, prepare_batch, env.device, amp
+        )
+        s_val = _time_validation(validator, network)
+        setup_s = env.elapsed_s()
+        # Reserved after training: choosing post-processing predicts the validation cases once more.
+        epochs, interval, reason = plan_epochs(
+            budget * 60, setup_s, s_iter, steps_per_epoch, s_val, reserve_s + s_val
+        )
+        schedule = Schedule(epochs, interval, steps_per_epoch, budget, s_iter, s_val, setup_s, reason)
+        schedule = _broadcast(schedule, env)
+    logger.info("schedule: %s", schedule.reason)
+    if env.is_main:
+        atomic_write_text(path, json.dumps(schedule.to_dict(), indent=2) + "\n")
+    return schedule
+
+
+def _time_validation(validator: Any, network: torch.nn.Module) -> float:
+    """Seconds for one full validation pass, from timing its first case."""
+    if validator is None:
+        return 0.0
+    data = list(getattr(validator, "data", []) or [])
+    if not data:
+        return 0.0
+    probe = copy.copy(validator)
+    probe.data = data[:1]
+    t0 = time.perf_counter()
+    probe.run(network)
+    return (time.perf_counter() - t0) * len(data)
+
+
+def _broadcast(schedule: Schedule, env: TrainingEnv) -> Schedule:
+    if not env.distributed:
+        return schedule
+    import torch.distributed as dist
+
+    box = [schedule.to_dict() if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return Schedule.from_dict(box[0])  # type: ignore[arg-type]
+
+
+class TimeBudgetGuard:
+    """Stop training once the wall clock passes the budget (a safety net behind the plan)."""
+
+    def __init__(self, schedule: Schedule, env: TrainingEnv) -> None:
+        self.schedule = schedule
+        self.env = env
+
+    def attach(self, engine: Engine) -> None:
+        if self.schedule.time_budget_min:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        budget_s = float(self.schedule.time_budget_min or 0) * 60
+        if budget_s and self.env.elapsed_s() > budget_s:
+            logger.warning(
+                "time budget of %.1f min reached at epoch %d iteration %d: stopping",
+                budget_s / 60,
+                engine.state.epoch,
+                engine.state.iteration,
+            )
+            engine.terminate()

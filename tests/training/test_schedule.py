@@ -1,0 +1,82 @@
+"""Time-budget schedules, post-processing chosen on validation, and the plans' record of both."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medunet.errors import ConfigError
+from medunet.plans import Plans
+from medunet.training.postprocessing import choose_postprocessing, record_postprocessing
+from medunet.training.schedule import SAFETY_FRACTION, TARGET_VALIDATIONS, plan_epochs
+
+from tiny_data import make_tiny_ct_dataset, run_bundle
+
+
+def test_plan_epochs_fills_the_budget_and_no_more() -> None:
+    # 10 min; 60 s setup, 30 s reserved; 0.5 s/it x 20 it/epoch = 10 s/epoch; 12 s per validation.
+    epochs, interval, reason = plan_epochs(600, 60, 0.5, 20, 12, reserve_s=30)
+    usable = 600 * (1 - SAFETY_FRACTION) - 60 - 30
+    assert epochs == int((usable - TARGET_VALIDATIONS * 12) // 10)
+    assert interval == -(-epochs // TARGET_VALIDATIONS)
+    spent = 60 + 30 + epochs * 10 + (epochs // interval + 1) * 12
+    assert spent <= 600
+    assert f"{epochs} epochs" in reason
+
+
+def test_plan_epochs_small_budget_still_trains_and_validates_once() -> None:
+    epochs, interval, _ = plan_epochs(60, 50, 2.0, 10, 30)
+    assert epochs == 1 and interval == 1
+    with pytest.raises(ConfigError):
+        plan_epochs(0, 0, 1.0, 1, 0)
+
+
+def test_budget_plans_the_run_iterations_and_lr_schedule(tmp_path: Path) -> None:
+    """A tiny run with a 1-minute budget: the trainer runs exactly the planned iterations, no wall-clock assert."""
+    data = make_tiny_ct_dataset(tmp_path / "data", n_cases=4)
+    out = tmp_path / "run"
+    run_bundle(data, out, time_budget_min=1.0, select_postprocessing=False)
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert schedule["time_budget_min"] == 1.0
+    assert schedule["seconds_per_iteration"] > 0
+    assert schedule["total_iterations"] == schedule["max_epochs"] * schedule["steps_per_epoch"]
+    last = torch.load(out / "last.pt", weights_only=True)
+    # Either the plan held (every planned iteration ran) or the guard stopped a slower-than-measured
+    # run: never more iterations than planned.
+    assert last["iteration"] <= schedule["total_iterations"]
+    assert last["scheduler"]["_step_count"] - 1 == last["iteration"]
+    assert last["scheduler"]["lr_lambdas"][0]["total_steps"] == schedule["total_iterations"]
+
+
+def _blob(shape, box, value=1) -> np.ndarray:
+    a = np.zeros(shape, np.uint8)
+    a[box] = value
+    return a
+
+
+def test_postprocessing_is_kept_only_for_organs_it_helps(tmp_path: Path) -> None:
+    labels = {0: "background", 1: "solid", 2: "paired"}
+    shape = (30, 30, 30)
+    cases = []
+    for i in range(3):
+        ref = _blob(shape, np.s_[5:15, 5:15, 5:15], 1)
+        ref[2:6, 20:24, 20:24] = 2  # 'paired' really has two islands
+        ref[20:24, 20:24, 20:24] = 2
+        pred = ref.copy()
+        pred[25 + i % 2 : 27, 2:4, 2:4] = 1  # a false island of 'solid'
+        pred[2:5, 20:24, 20:24] = 2  # 'paired' slightly under-segmented, both islands kept
+        cases.append((f"c{i}", pred, ref, None))
+    chosen, evidence = choose_postprocessing(cases, labels, (1.0, 1.0, 1.0))
+    assert chosen == {"solid": ("largest_component",)}
+    assert evidence["solid"]["largest_component"]["dice"] > evidence["solid"]["none"]["dice"]
+    assert evidence["paired"]["largest_component"]["dice"] < evidence["paired"]["none"]["dice"]
+
+    plans = Plans(labels=labels, target_spacing=(1.0, 1.0, 1.0), patch_size=(16, 16, 16))
+    new = record_postprocessing(tmp_path, plans, chosen, evidence)
+    assert Plans.load(tmp_path / "plans.json").postprocessing == {"solid": ("largest_component",)}
+    assert "postprocessing" in new.rationale
+    assert json.loads((tmp_path / "postprocessing.json").read_text())["chosen"] == {"solid": ["largest_component"]}
