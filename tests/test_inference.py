@@ -142,6 +142,7 @@ def _sphere_phantom() -> tuple[np.ndarray, np.ndarray]:
 def test_agrees_with_stock_monai_pipeline_with_invertd(tmp_path) -> None:
     from monai.inferers import sliding_window_inference
     from monai.transforms import (
+        Activationsd,
         AsDiscreted,
         Compose,
         EnsureChannelFirstd,
@@ -158,6 +159,9 @@ def test_agrees_with_stock_monai_pipeline_with_invertd(tmp_path) -> None:
     plans = make_plans(spacing=(1.5, 1.5, 1.5), patch=(24, 24, 16))
     net = BandNet()
     ours = Predictor(net, plans, device="cpu", overlap=0.5).predict(Volume(image, affine)).labels
+    ours_nearest = (
+        Predictor(net, plans, device="cpu", overlap=0.5, resample_scores=False).predict(Volume(image, affine)).labels
+    )
 
     pre = Compose(
         [
@@ -173,17 +177,35 @@ def test_agrees_with_stock_monai_pipeline_with_invertd(tmp_path) -> None:
         logits = sliding_window_inference(
             data["image"][None], (24, 24, 16), 4, net, overlap=0.5, mode="gaussian"
         )
-    data["pred"] = logits[0]
-    post = Compose(
-        [
-            AsDiscreted("pred", argmax=True),
-            Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True),
-        ]
+
+    def invert(post: Compose) -> np.ndarray:
+        d = dict(data)
+        d["pred"] = logits[0]
+        return np.asarray(post(d)["pred"])[0].astype(np.uint8)
+
+    # The stock zoo recipe (and the accuracy anchor): softmax, invert with linear interpolation, argmax.
+    ref_scores = invert(
+        Compose(
+            [
+                Activationsd("pred", softmax=True),
+                Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+                AsDiscreted("pred", argmax=True),
+            ]
+        )
     )
-    ref = np.asarray(post(data)["pred"])[0].astype(np.uint8)
-    assert ref.shape == ours.shape == lab.shape
-    agreement = float((ref == ours).mean())
-    assert agreement >= 0.995, agreement
+    # The label path: argmax on the network grid, nearest-neighbour inversion.
+    ref_labels = invert(
+        Compose(
+            [
+                AsDiscreted("pred", argmax=True),
+                Invertd("pred", transform=pre, orig_keys="image", nearest_interp=True, to_tensor=True),
+            ]
+        )
+    )
+    assert ref_scores.shape == ref_labels.shape == ours.shape == lab.shape
+    for mine, ref in ((ours, ref_scores), (ours_nearest, ref_labels)):
+        agreement = float((ref == mine).mean())
+        assert agreement >= 0.995, agreement
     # and both are close to the truth (downsampling blurs only the rims)
     assert float((ours == lab).mean()) > 0.97
 
@@ -199,15 +221,22 @@ def test_2d_plans_run_slice_by_slice_with_same_3d_answer() -> None:
     assert net.calls >= 3
 
 
-def test_tta_mirror_runs_all_flips_and_keeps_answer() -> None:
+def test_tta_mirror_runs_the_trained_flips_and_keeps_answer() -> None:
+    """TTA mirrors only ``plans.mirror_axes`` (here all three: 8 passes); untrained axes: no extra pass."""
+    import dataclasses
+
     lab_src, affine = variant("ras", label_phantom())
     image = Volume(lab_src.astype(np.int16) * 50, affine)
     plans = make_plans(spacing=(1.0, 1.0, 2.0), patch=(16, 16, 16))
-    plain, mirrored = BandNet(), BandNet()
+    plain, mirrored, untrained = BandNet(), BandNet(), BandNet()
     a = Predictor(plain, plans, device="cpu").predict(image).labels
-    b = Predictor(mirrored, plans, device="cpu", tta_mirror=True).predict(image).labels
+    all_axes = dataclasses.replace(plans, mirror_axes=(0, 1, 2))
+    b = Predictor(mirrored, all_axes, device="cpu", tta_mirror=True).predict(image).labels
+    c = Predictor(untrained, plans, device="cpu", tta_mirror=True).predict(image).labels
     assert mirrored.calls == 8 * plain.calls
+    assert untrained.calls == plain.calls
     np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
 
 
 def test_uncertainty_and_probabilities_on_source_grid() -> None:

@@ -51,8 +51,9 @@ def fake_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     ckpt.write_bytes(b"weights")
 
     def from_checkpoint(cls, path, **kw):  # noqa: ANN001
-        p = cls(BandNet(), PLANS, **kw)
-        p.checkpoint, p.checkpoint_sha256 = Path(path), "0" * 64
+        paths = [Path(x) for x in ([path] if isinstance(path, str | Path) else path)]
+        p = cls([BandNet() for _ in paths], PLANS, **kw)
+        p.checkpoint, p.checkpoints, p.checkpoint_sha256 = paths[0], paths, "0" * 64
         return p
 
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(from_checkpoint))

@@ -490,3 +490,13 @@ def test_planted_patient_name_never_reaches_the_store(
         data = path.read_bytes()
         for needle in (PHI, "Planted", "PHI-ID-4711", str(series_dir), str(tmp_path / "dicom")):
             assert needle.encode() not in data, f"{needle!r} found in {path}"
+
+
+@pytest.mark.parametrize("word", ["false", "False", "0", "no"])
+def test_tracker_enabled_false_from_the_bundle_cli_string_turns_it_off(tmp_path, word) -> None:
+    """``--mlflow_tracker#enabled false`` arrives as a string; 'false' must not count as true."""
+    from medunet.tracking.handler import MLflowEvaluationTracker, MLflowTracker
+
+    assert MLflowTracker(tmp_path, enabled=word).enabled is False
+    assert MLflowEvaluationTracker(tmp_path, enabled=word).enabled is False
+    assert MLflowTracker(tmp_path, enabled="true").enabled is True

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from medunet.config import as_bool
 from medunet.errors import ConfigError
 from medunet.plans import Plans
 from medunet.tracking.config import (
@@ -131,7 +132,8 @@ class MLflowTracker:
             f"medunet-{self.experiment_name}" if registered_model_name is None else registered_model_name
         )
         self.nsd = nsd
-        self.enabled = enabled and is_rank_zero()
+        # '--mlflow_tracker#enabled false' arrives as the string 'false' from the bundle CLI.
+        self.enabled = as_bool(enabled, "enabled") and is_rank_zero()
 
         self.run: TrackingRun | None = None
         self.model_info: Any = None  # mlflow ModelInfo once the model is logged
@@ -480,7 +482,8 @@ class MLflowEvaluationTracker:
         self.params = dict(params or {})
         self.bundle_metadata = bundle_metadata
         self.prefix = prefix
-        self.enabled = enabled and is_rank_zero()
+        # '--mlflow_tracker#enabled false' arrives as the string 'false' from the bundle CLI.
+        self.enabled = as_bool(enabled, "enabled") and is_rank_zero()
         self.run: TrackingRun | None = None
 
     def attach(self, engine: Engine) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 from monai.data import CacheDataset, Dataset, PersistentDataset, ThreadDataLoader
 from torch.utils.data.distributed import DistributedSampler
 
@@ -131,6 +130,8 @@ def _header_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
             if len(shape) == 4 and shape[3] == 1:
                 shape = shape[:3]
             return shape, np.asarray(img.affine, dtype=np.float64)
+        import SimpleITK as sitk  # only for non-NIfTI formats (NRRD, MHA); keeps NIfTI-only setups free of it
+
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()

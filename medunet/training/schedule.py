@@ -133,7 +133,8 @@ def time_training_iterations(
                 batch = next(batches)
             image, label = prepare_batch(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            ctx = torch.autocast(device.type) if amp else torch.autocast(device.type, enabled=False)
+            dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+            ctx = torch.autocast(device.type, dtype=dtype, enabled=bool(amp))
             with ctx:
                 loss = loss_function(network(image), label)
             loss.backward()
@@ -179,11 +180,14 @@ def plan_schedule(
     """
     path = Path(output_dir) / "schedule.json"
     steps_per_epoch = max(1, int(steps_per_epoch))
+    budget = None if time_budget_min in (None, "", "None", "null", 0) else float(time_budget_min)
     if as_bool(resume, "resume") and path.is_file():
         saved = Schedule.from_dict(json.loads(path.read_text()))
-        logger.info("resume: reusing the saved schedule (%d epochs)", saved.max_epochs)
-        return saved
-    budget = None if time_budget_min in (None, "", "None", "null", 0) else float(time_budget_min)
+        # Same request as the saved run: keep its plan, so the LR schedule does not move. A new
+        # budget or a new max_epochs (training longer) is planned afresh.
+        if saved.time_budget_min == budget and (budget is not None or saved.max_epochs == int(max_epochs)):
+            logger.info("resume: reusing the saved schedule (%d epochs)", saved.max_epochs)
+            return saved
     if budget is None:
         schedule = Schedule(
             int(max_epochs),

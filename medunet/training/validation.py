@@ -36,6 +36,10 @@ def build_inferer(plans: Plans, sw_batch_size: int = 4, overlap: float = 0.5) ->
     return SlidingWindowInferer(**common)
 
 
+def _amp_dtype() -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def annotated_labels(labels: dict[int, str], flags: Any = None) -> tuple[dict[int, str], list[str]]:
     """Split ``labels`` into the organs a case annotates and the names of those it does not.
 
@@ -83,7 +87,9 @@ class Validator:
         try:
             for i, item in enumerate(self.data):
                 image = torch.as_tensor(item["image"])[None].to(self.device)
-                autocast = torch.autocast("cuda") if self.amp else contextlib.nullcontext()
+                autocast = (
+                    torch.autocast("cuda", dtype=_amp_dtype()) if self.amp else contextlib.nullcontext()
+                )
                 with autocast:
                     logits = self.inferer(image, network)
                 if isinstance(logits, list | tuple):
