@@ -166,6 +166,18 @@ def score(work: Path, pred: Path, name: str) -> dict:
     return result
 
 
+def report(work: Path, names: list[str]) -> str:
+    """A markdown table (per organ Dice / HD95 mm, then the means) of the given score files."""
+    rows = {n: json.loads((work / "scores" / f"{n}.json").read_text()) for n in names}
+    organs = [k for k, v in next(iter(rows.values())).items() if isinstance(v, dict)]
+    head = "| run | " + " | ".join(organs) + " | **mean Dice** | **mean HD95 mm** |"
+    lines = [head, "|" + "---|" * (len(organs) + 3)]
+    for n, r in rows.items():
+        cells = [f"{r[o]['dice']:.3f} / {r[o]['hd95']}" for o in organs]
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | **{r['mean_dice']:.3f}** | {r['mean_hd95']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--name", required=True)
     q.add_argument("--variants", default="default")
     q.add_argument("--checkpoints", nargs="*")
+    r = sub.add_parser("report")
+    r.add_argument("--work", type=Path, required=True)
+    r.add_argument("names", nargs="+")
     s = sub.add_parser("score")
     s.add_argument("--work", type=Path, required=True)
     s.add_argument("--pred", type=Path, required=True)
@@ -200,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "predict":
         variants = list(VARIANTS) if a.variants == "all" else a.variants.split(",")
         predict(a.work, a.name, variants, a.checkpoints)
+    elif a.cmd == "report":
+        print(report(a.work, a.names))  # noqa: T201 - the table is the command's output
     else:
         score(a.work, a.pred, a.name)
 

@@ -160,7 +160,9 @@ def test_agrees_with_stock_monai_pipeline_with_invertd(tmp_path) -> None:
     net = BandNet()
     ours = Predictor(net, plans, device="cpu", overlap=0.5).predict(Volume(image, affine)).labels
     ours_nearest = (
-        Predictor(net, plans, device="cpu", overlap=0.5, resample_scores=False).predict(Volume(image, affine)).labels
+        Predictor(net, plans, device="cpu", overlap=0.5, resample_scores=False)
+        .predict(Volume(image, affine))
+        .labels
     )
 
     pre = Compose(

@@ -164,7 +164,9 @@ def test_score_resampling_keeps_exact_geometry_and_smooth_edges(kind: str) -> No
     )
     vol = Volume(img, aff)
     smooth = Predictor(ThresholdNet(), plans, device="cpu", crop_foreground=False).predict(vol)
-    stairs = Predictor(ThresholdNet(), plans, device="cpu", crop_foreground=False, resample_scores=False).predict(vol)
+    stairs = Predictor(
+        ThresholdNet(), plans, device="cpu", crop_foreground=False, resample_scores=False
+    ).predict(vol)
     truth = img > 500
     for pred in (smooth, stairs):
         assert pred.labels.shape == img.shape
@@ -190,4 +192,9 @@ def test_box_restricted_resampling_equals_full_resampling() -> None:
     boxed = labels_from_probabilities(probs, grid)
     np.testing.assert_array_equal(from_ras(boxed, grid).numpy(), from_ras(full, grid).numpy())
     # All background -> all background, without work.
-    assert not labels_from_probabilities(torch.nn.functional.one_hot(torch.zeros(grid.resampled_shape, dtype=torch.long), k).permute(3, 0, 1, 2).float(), grid).any()
+    assert not labels_from_probabilities(
+        torch.nn.functional.one_hot(torch.zeros(grid.resampled_shape, dtype=torch.long), k)
+        .permute(3, 0, 1, 2)
+        .float(),
+        grid,
+    ).any()

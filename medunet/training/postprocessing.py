@@ -10,6 +10,7 @@ either Dice or HD95 improves. The choice (and the numbers behind it) goes into `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -155,9 +156,11 @@ class PostprocessingSelector:
         if not self.env.is_main:
             return
         best = self.output_dir / "best.pt"
-        if best.is_file():
-            self.network.load_state_dict(load_checkpoint(best)["model"])
-        cases = list(self.validator.predictions(self.network))
+        network = self.network
+        if best.is_file():  # a copy: the trained network itself is left as training ended
+            network = copy.deepcopy(self.network)
+            network.load_state_dict(load_checkpoint(best)["model"])
+        cases = list(self.validator.predictions(network))
         if not cases:
             logger.info("post-processing: no validation cases, nothing chosen")
             return

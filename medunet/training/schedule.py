@@ -75,6 +75,7 @@ def plan_epochs(
     s_per_validation: float,
     reserve_s: float = 0.0,
     target_validations: int = TARGET_VALIDATIONS,
+    epoch_overhead_s: float = 0.0,
 ) -> tuple[int, int, str]:
     """The arithmetic of the plan: ``(max_epochs, val_interval, reason)``. Pure, so tests pin it.
 
@@ -85,7 +86,8 @@ def plan_epochs(
     if budget_s <= 0 or s_per_iteration <= 0 or steps_per_epoch <= 0:
         raise ConfigError(None, "time budget, iteration time and steps per epoch must be positive")
     usable = budget_s * (1.0 - SAFETY_FRACTION) - setup_s - reserve_s
-    epoch_s = steps_per_epoch * s_per_iteration
+    # Each epoch also pays a checkpoint write and a loader restart (20 % of a short synthetic epoch).
+    epoch_s = steps_per_epoch * s_per_iteration + max(0.0, epoch_overhead_s)
     validations_s = target_validations * max(0.0, s_per_validation)
     epochs = int((usable - validations_s) // epoch_s) if usable > validations_s else 0
     if epochs < target_validations:  # few epochs: validate less often, not the whole budget away
@@ -94,7 +96,8 @@ def plan_epochs(
     interval = max(1, math.ceil(epochs / target_validations))
     reason = (
         f"{budget_s / 60:.1f} min budget: {setup_s:.0f} s setup + {reserve_s:.0f} s reserved; "
-        f"{s_per_iteration:.3f} s/iteration x {steps_per_epoch} iterations/epoch; "
+        f"{s_per_iteration:.3f} s/iteration x {steps_per_epoch} iterations/epoch "
+        f"+ {epoch_overhead_s:.2f} s/epoch; "
         f"{s_per_validation:.1f} s/validation every {interval} epochs -> {epochs} epochs "
         f"({epochs * steps_per_epoch} iterations)"
     )
@@ -133,7 +136,9 @@ def time_training_iterations(
                 batch = next(batches)
             image, label = prepare_batch(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            dtype = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+            dtype = (
+                torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+            )
             ctx = torch.autocast(device.type, dtype=dtype, enabled=bool(amp))
             with ctx:
                 loss = loss_function(network(image), label)
@@ -212,10 +217,17 @@ def plan_schedule(
             network, loss_function, optimizer, loader, prepare_batch, env.device, amp
         )
         s_val = _time_validation(validator, network)
+        overhead_s = s_iter + _time_checkpoint_write(network, optimizer)  # loader restart + checkpoint
         setup_s = env.elapsed_s()
         # Reserved after training: choosing post-processing predicts the validation cases once more.
         epochs, interval, reason = plan_epochs(
-            budget * 60, setup_s, s_iter, steps_per_epoch, s_val, reserve_s + s_val
+            budget * 60,
+            setup_s,
+            s_iter,
+            steps_per_epoch,
+            s_val,
+            reserve_s + s_val,
+            epoch_overhead_s=overhead_s,
         )
         schedule = Schedule(epochs, interval, steps_per_epoch, budget, s_iter, s_val, setup_s, reason)
         schedule = _broadcast(schedule, env)
@@ -223,6 +235,18 @@ def plan_schedule(
     if env.is_main:
         atomic_write_text(path, json.dumps(schedule.to_dict(), indent=2) + "\n")
     return schedule
+
+
+def _time_checkpoint_write(network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """Seconds to write the model and optimiser state once (every epoch writes a resume point)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        torch.save(
+            {"model": network.state_dict(), "optimizer": optimizer.state_dict()}, Path(tmp) / "probe.pt"
+        )
+        return time.perf_counter() - t0
 
 
 def _time_validation(validator: Any, network: torch.nn.Module) -> float:

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_data import make_tiny_ct_dataset, run_bundle
 
 from medunet.errors import ConfigError
 from medunet.plans import Plans
 from medunet.training.postprocessing import choose_postprocessing, record_postprocessing
 from medunet.training.schedule import SAFETY_FRACTION, TARGET_VALIDATIONS, plan_epochs
-
-from tiny_data import make_tiny_ct_dataset, run_bundle
 
 
 def test_plan_epochs_fills_the_budget_and_no_more() -> None:
@@ -79,4 +78,6 @@ def test_postprocessing_is_kept_only_for_organs_it_helps(tmp_path: Path) -> None
     new = record_postprocessing(tmp_path, plans, chosen, evidence)
     assert Plans.load(tmp_path / "plans.json").postprocessing == {"solid": ("largest_component",)}
     assert "postprocessing" in new.rationale
-    assert json.loads((tmp_path / "postprocessing.json").read_text())["chosen"] == {"solid": ["largest_component"]}
+    assert json.loads((tmp_path / "postprocessing.json").read_text())["chosen"] == {
+        "solid": ["largest_component"]
+    }
