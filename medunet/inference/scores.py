@@ -18,6 +18,7 @@ Two things a label map cannot do and class scores can:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -47,14 +48,8 @@ def mirror_dims(mirror_axes: Sequence[int], spatial_dims: int) -> list[list[int]
     dims = [2 + a for a in mirror_axes if a < spatial_dims]
     out: list[list[int]] = []
     for r in range(1, len(dims) + 1):
-        out.extend([list(c) for c in _combinations(dims, r)])
+        out.extend([list(c) for c in itertools.combinations(dims, r)])
     return out
-
-
-def _combinations(items: list[int], r: int) -> list[tuple[int, ...]]:
-    import itertools
-
-    return list(itertools.combinations(items, r))
 
 
 def _lerp_at(t: torch.Tensor, axis: int, positions: torch.Tensor) -> torch.Tensor:
