@@ -83,7 +83,7 @@ class TrainLogger:
         output = engine.state.output
         loss = output.get("loss") if isinstance(output, dict) else output
         if loss is not None:
-            self._losses.append(float(loss))
+            self._losses.append(float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss))
 
     def _epoch(self, engine: Engine) -> None:
         dt = time.perf_counter() - self._t0

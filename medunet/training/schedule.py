@@ -49,6 +49,8 @@ class Schedule:
     val_interval: int
     steps_per_epoch: int
     time_budget_min: float | None = None
+    #: The ``max_epochs`` asked for (a cap under a budget); with the budget, what resume compares.
+    requested_max_epochs: int | None = None
     seconds_per_iteration: float | None = None
     seconds_per_validation: float | None = None
     setup_seconds: float | None = None
@@ -163,7 +165,7 @@ def plan_schedule(
     env: TrainingEnv,
     output_dir: str | Path,
     steps_per_epoch: int,
-    max_epochs: int = 150,
+    max_epochs: int | str | None = None,
     val_interval: int = 10,
     time_budget_min: float | str | None = None,
     *,
@@ -179,30 +181,36 @@ def plan_schedule(
 ) -> Schedule:
     """The run's schedule: the fixed ``max_epochs``/``val_interval``, or one planned from the budget.
 
-    ``time_budget_min`` (minutes, wall clock from the start of the process) overrides ``max_epochs``
-    and ``val_interval``. Resuming reuses ``schedule.json`` so the LR schedule does not move.
-    Under DDP every rank plans the same numbers (rank 0 measures and broadcasts).
+    ``time_budget_min`` (minutes, wall clock from the start of the process; ``None``/``0``/``"null"``
+    turn it off) plans the epochs and the validation cadence. ``max_epochs`` is then a cap: a run
+    asked for 4 epochs trains 4 even when the budget would allow 400 (and its LR schedule spans those
+    4). Without a budget ``max_epochs`` is required. Resuming the same request reuses
+    ``schedule.json`` so the LR schedule does not move. Under DDP every rank plans the same numbers
+    (rank 0 measures and broadcasts).
     """
     path = Path(output_dir) / "schedule.json"
     steps_per_epoch = max(1, int(steps_per_epoch))
-    budget = None if time_budget_min in (None, "", "None", "null", 0) else float(time_budget_min)
+    budget = _optional_positive(time_budget_min, "time_budget_min")
+    cap = _optional_positive(max_epochs, "max_epochs")
+    cap = None if cap is None else int(cap)
     if as_bool(resume, "resume") and path.is_file():
         saved = Schedule.from_dict(json.loads(path.read_text()))
         # Same request as the saved run: keep its plan, so the LR schedule does not move. A new
         # budget or a new max_epochs (training longer) is planned afresh.
-        if saved.time_budget_min == budget and (budget is not None or saved.max_epochs == int(max_epochs)):
+        if saved.time_budget_min == budget and saved.requested_max_epochs == cap:
             logger.info("resume: reusing the saved schedule (%d epochs)", saved.max_epochs)
             return saved
     if budget is None:
+        if cap is None:
+            raise ConfigError(None, "set time_budget_min (minutes) or max_epochs: both are off")
         schedule = Schedule(
-            int(max_epochs),
+            cap,
             max(1, int(val_interval)),
             steps_per_epoch,
+            requested_max_epochs=cap,
             reason="fixed max_epochs (no time budget)",
         )
     else:
-        if budget <= 0:
-            raise ConfigError(None, f"time_budget_min must be positive, got {time_budget_min}")
         if (
             network is None
             or loss_function is None
@@ -229,12 +237,35 @@ def plan_schedule(
             reserve_s + s_val,
             epoch_overhead_s=overhead_s,
         )
-        schedule = Schedule(epochs, interval, steps_per_epoch, budget, s_iter, s_val, setup_s, reason)
+        if cap is not None and epochs > cap:
+            reason += f"; capped at max_epochs {cap}"
+            epochs = cap
+            interval = max(1, math.ceil(epochs / TARGET_VALIDATIONS))
+        schedule = Schedule(epochs, interval, steps_per_epoch, budget, cap, s_iter, s_val, setup_s, reason)
         schedule = _broadcast(schedule, env)
     logger.info("schedule: %s", schedule.reason)
     if env.is_main:
         atomic_write_text(path, json.dumps(schedule.to_dict(), indent=2) + "\n")
     return schedule
+
+
+def _optional_positive(value: float | str | None, key: str) -> float | None:
+    """A positive number, or ``None`` for the spellings of "off" (None, 0, "null", "none", "")."""
+    if value is None or isinstance(value, bool) and not value:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "null", "0", "false", "off"):
+            return None
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(None, f"{key} must be a number or null, got {value!r}") from None
+    number = float(value)
+    if number == 0:
+        return None
+    if number < 0 or not math.isfinite(number):
+        raise ConfigError(None, f"{key} must be positive, got {value!r}")
+    return number
 
 
 def _time_checkpoint_write(network: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:

@@ -12,8 +12,9 @@ from tiny_data import make_tiny_ct_dataset, run_bundle
 
 from medunet.errors import ConfigError
 from medunet.plans import Plans
+from medunet.training.environment import TrainingEnv
 from medunet.training.postprocessing import choose_postprocessing, record_postprocessing
-from medunet.training.schedule import SAFETY_FRACTION, TARGET_VALIDATIONS, plan_epochs
+from medunet.training.schedule import SAFETY_FRACTION, TARGET_VALIDATIONS, plan_epochs, plan_schedule
 
 
 def test_plan_epochs_fills_the_budget_and_no_more() -> None:
@@ -49,6 +50,52 @@ def test_budget_plans_the_run_iterations_and_lr_schedule(tmp_path: Path) -> None
     assert last["iteration"] <= schedule["total_iterations"]
     assert last["scheduler"]["_step_count"] - 1 == last["iteration"]
     assert last["scheduler"]["lr_lambdas"][0]["total_steps"] == schedule["total_iterations"]
+
+
+def test_max_epochs_caps_a_budgeted_run(tmp_path: Path) -> None:
+    """--max_epochs 2 under a 10-minute budget trains 2 epochs, with the LR schedule over those 2."""
+    data = make_tiny_ct_dataset(tmp_path / "data", n_cases=4)
+    out = tmp_path / "run"
+    run_bundle(data, out, time_budget_min=10, max_epochs=2, select_postprocessing=False)
+    schedule = json.loads((out / "schedule.json").read_text())
+    assert schedule["max_epochs"] == 2 and schedule["requested_max_epochs"] == 2
+    assert "capped at max_epochs 2" in schedule["reason"]
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 2
+    assert last["iteration"] == schedule["total_iterations"]
+    assert last["scheduler"]["lr_lambdas"][0]["total_steps"] == schedule["total_iterations"]
+
+
+@pytest.mark.parametrize("off", [None, 0, "0", "null", "None", "", False])
+def test_budget_off_spellings_use_fixed_max_epochs(tmp_path: Path, off: object) -> None:
+    env = TrainingEnv(device=torch.device("cpu"), seed=0)
+    schedule = plan_schedule(
+        env, tmp_path, steps_per_epoch=3, max_epochs=7, val_interval=2, time_budget_min=off
+    )
+    assert (schedule.max_epochs, schedule.val_interval, schedule.total_iterations) == (7, 2, 21)
+    assert schedule.time_budget_min is None
+    assert json.loads((tmp_path / "schedule.json").read_text())["max_epochs"] == 7
+
+
+def test_schedule_needs_a_budget_or_max_epochs(tmp_path: Path) -> None:
+    env = TrainingEnv(device=torch.device("cpu"), seed=0)
+    with pytest.raises(ConfigError, match="time_budget_min"):
+        plan_schedule(env, tmp_path, steps_per_epoch=3, max_epochs=None, time_budget_min=None)
+    with pytest.raises(ConfigError, match="positive"):
+        plan_schedule(env, tmp_path, steps_per_epoch=3, max_epochs=5, time_budget_min=-1)
+    with pytest.raises(ConfigError, match="number"):
+        plan_schedule(env, tmp_path, steps_per_epoch=3, max_epochs=5, time_budget_min="ten")
+
+
+def test_resume_keeps_the_plan_only_for_the_same_request(tmp_path: Path) -> None:
+    env = TrainingEnv(device=torch.device("cpu"), seed=0)
+    plan_schedule(env, tmp_path, steps_per_epoch=2, max_epochs=4, time_budget_min=0)
+    (tmp_path / "schedule.json").write_text(
+        json.dumps({**json.loads((tmp_path / "schedule.json").read_text()), "reason": "saved"})
+    )
+    assert plan_schedule(env, tmp_path, steps_per_epoch=2, max_epochs=4, resume=True).reason == "saved"
+    longer = plan_schedule(env, tmp_path, steps_per_epoch=2, max_epochs=8, resume=True)
+    assert longer.max_epochs == 8 and longer.reason != "saved"
 
 
 def _blob(shape, box, value=1) -> np.ndarray:

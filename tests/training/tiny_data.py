@@ -72,7 +72,7 @@ TINY = {
     "device": "cpu",
     "warmup_epochs": 0,
     "mlflow_tracker#enabled": False,
-    "time_budget_min": None,
+    "time_budget_min": 0,  # off (None would be dropped by monai.bundle.run as "not given")
 }
 
 
