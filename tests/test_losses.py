@@ -141,3 +141,25 @@ def test_prepare_batch_publishes_flags_and_cutmix_intersects_them() -> None:
     assert flags.flags.tolist() == [[True, True, False], [True, False, True]]
     PrepareBatch("cutmix", prob=1.0, annotated=flags)(batch)
     assert flags.flags.tolist() == [[True, False, False], [True, False, False]]
+
+
+@pytest.mark.parametrize("name", ["dice", "dicece", "dicefocal", "tversky"])
+def test_dice_is_computed_over_the_batch_so_a_stray_voxel_in_an_organless_patch_costs_little(
+    name: str,
+) -> None:
+    """Patch 0 holds the organ (predicted perfectly); patch 1 has none, and one voxel is predicted.
+
+    A per-patch Dice scores patch 1's organ 0 (loss ~0.5 on the organ term): small organs, absent from
+    most patches, are then pushed towards never being predicted. Batch Dice sees 1 stray voxel
+    against a 64-voxel organ.
+    """
+    labels = torch.zeros(2, 1, 8, 8, 8, dtype=torch.long)
+    labels[0, 0, 2:6, 2:6, 2:6] = 1
+    predicted = labels.clone()
+    predicted[1, 0, 0, 0, 0] = 1
+    logits = _perfect_logits(predicted, 2)
+    batch = build_loss(name, include_background=False)(logits, labels)
+    per_patch = build_loss(name, include_background=False, batch=False)(logits, labels)
+    perfect = build_loss(name, include_background=False)(_perfect_logits(labels, 2), labels)
+    assert float(batch - perfect) < 0.05  # (cross-entropy pays ~0.02 for the voxel)
+    assert float(per_patch - perfect) > 0.2

@@ -72,6 +72,10 @@ class WarmupSchedule:
         return (1.0 - t) ** 0.9 * 0.99 + 0.01
 
 
+#: Largest share of the run's iterations spent warming the learning rate up.
+MAX_WARMUP_FRACTION = 0.1
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     max_epochs: int,
@@ -79,9 +83,14 @@ def build_scheduler(
     warmup_epochs: float = 1.0,
     kind: Literal["cosine", "poly"] = "cosine",
 ) -> LambdaLR:
-    """Per-iteration LR schedule over the whole run (stepped by ``LrScheduleHandler(epoch_level=False)``)."""
+    """Per-iteration LR schedule over the whole run (stepped by ``LrScheduleHandler(epoch_level=False)``).
+
+    The warm-up is at most :data:`MAX_WARMUP_FRACTION` of the run: a time budget that plans 5 long
+    epochs must not spend 2 of them (40 % of the run) below the peak learning rate.
+    """
     total = max(1, int(max_epochs) * max(1, int(steps_per_epoch)))
     warmup = int(round(float(warmup_epochs) * steps_per_epoch))
+    warmup = min(warmup, int(MAX_WARMUP_FRACTION * total))
     return LambdaLR(optimizer, WarmupSchedule(warmup, total, kind))
 
 

@@ -128,3 +128,21 @@ def test_postprocessing_is_kept_only_for_organs_it_helps(tmp_path: Path) -> None
     assert json.loads((tmp_path / "postprocessing.json").read_text())["chosen"] == {
         "solid": ["largest_component"]
     }
+
+
+def test_warmup_is_capped_at_a_tenth_of_a_short_run() -> None:
+    from medunet.training.components import build_scheduler
+
+    def lambdas(max_epochs: int, steps: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = build_scheduler(opt, max_epochs, steps, warmup_epochs=2, kind="cosine")
+        return [sched.lr_lambdas[0](i) for i in range(max_epochs * steps)]
+
+    # 5 planned epochs of 92 iterations: 2 warm-up epochs would be 184 iterations; capped at 46.
+    short = lambdas(5, 92)
+    assert short[44] < short[45] < 1.0 and short[46] == pytest.approx(1.0)
+    assert short[0] == pytest.approx(1 / 47)
+    # A long run keeps the 2 requested warm-up epochs (20 iterations).
+    long = lambdas(150, 10)
+    assert long[19] < 1.0 and long[20] == pytest.approx(1.0)
+    assert long[-1] == pytest.approx(0.01, abs=1e-3)
