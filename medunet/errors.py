@@ -42,6 +42,19 @@ class DicomError(MedunetError):
     """A DICOM file or series cannot be read as a volume."""
 
 
+class DicomHeaderError(DicomError):
+    """A source series' header cannot give a valid derived object (SEG, RTSTRUCT) and cannot be repaired.
+
+    Names the series (SeriesInstanceUID, or the folder when that is missing) and the DICOM attribute;
+    never the attribute's value, which may identify the patient.
+    """
+
+    def __init__(self, path: str | Path | None, series: str, attribute: str, problem: str) -> None:
+        self.series = series
+        self.attribute = attribute
+        super().__init__(path, f"series {series}: {attribute} {problem}")
+
+
 class UnsupportedSeriesError(DicomError):
     """A DICOM series of a kind medunet refuses rather than misreads (tilt, mosaic, 4D, gaps...)."""
 

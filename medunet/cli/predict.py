@@ -184,6 +184,7 @@ def run_predict(args: argparse.Namespace) -> int:
         "resample_scores": not args.resample_labels,
         "ensemble": [str(c) for c in checkpoints],
         "overlap": predictor.overlap,
+        "rtstruct": args.rtstruct,
     }
     logger.info("predicting %d case(s) with %s on %s", len(cases), checkpoint, predictor.device)
     queue = {}
@@ -209,6 +210,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 checkpoint_sha256=predictor.checkpoint_sha256,
                 window=window,
                 options=options,
+                rtstruct=args.rtstruct,
             )
             queue[case.name] = result.stats
             done += 1
@@ -237,7 +239,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="segment NIfTI files / DICOM series into case folders for review",
         description="Segment images; each case gets a folder with the mask on the exact source grid, "
-        "ITK-SNAP label file and workspace, DICOM SEG (DICOM input), volumes and a preview.",
+        "ITK-SNAP label file and workspace, DICOM SEG (and with --rtstruct an RT Structure Set; DICOM "
+        "input), volumes and a preview.",
     )
     p.add_argument("--bundle", default="bundles/ct_organs", help="bundle folder (default: %(default)s)")
     p.add_argument(
@@ -305,5 +308,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--copy-image",
         action="store_true",
         help="also copy NIfTI inputs into the case folder (self-contained review folder)",
+    )
+    p.add_argument(
+        "--rtstruct",
+        action="store_true",
+        help="also write rtstruct.dcm, a DICOM RT Structure Set (one ROI per organ, contours per source "
+        "slice) referencing the source series (DICOM input only)",
     )
     p.set_defaults(func=run_predict)

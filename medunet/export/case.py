@@ -5,6 +5,7 @@ Layout of ``<output>/<case>/``::
     segmentation.nii.gz   integer labels on the exact source grid (uint8; uint16 past 255 labels)
     image.nii.gz          the converted image (DICOM input, or when asked to copy)
     segmentation.dcm      DICOM SEG referencing the source series (DICOM input)
+    rtstruct.dcm          DICOM RT Structure Set referencing the source series (DICOM input, ``rtstruct``)
     uncertainty.nii.gz    normalised softmax entropy (optional)
     labels.txt            ITK-SNAP label description file
     review.itksnap        ITK-SNAP workspace: image + segmentation + label table
@@ -44,6 +45,7 @@ CASE_FORMAT = "medunet-case/1"
 CASE_FILE = "case.json"
 SEGMENTATION = "segmentation.nii.gz"
 IMAGE = "image.nii.gz"
+RTSTRUCT = "rtstruct.dcm"
 
 
 @dataclass
@@ -80,8 +82,13 @@ def write_case(
     checkpoint_sha256: str | None = None,
     window: tuple[float, float] | None = None,
     options: dict[str, Any] | None = None,
+    rtstruct: bool = False,
 ) -> CaseResult:
-    """Write the case folder ``output_dir/name`` atomically (see module docstring)."""
+    """Write the case folder ``output_dir/name`` atomically (see module docstring).
+
+    ``rtstruct``: also write an RT Structure Set (DICOM input only; for other inputs it is skipped with a
+    warning, since it must reference source DICOM images).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / name
@@ -100,6 +107,7 @@ def write_case(
             window=window,
             options=options or {},
             name=name,
+            rtstruct=rtstruct,
         )
         stats = files.pop("__stats__")  # type: ignore[misc]
         replace_dir(tmp, final)
@@ -123,6 +131,7 @@ def _write_files(
     window: tuple[float, float] | None,
     options: dict[str, Any],
     name: str,
+    rtstruct: bool = False,
 ) -> dict[str, object]:
     names = prediction.label_names
     colors = label_colors(names)
@@ -158,6 +167,21 @@ def _write_files(
             series_description=f"medunet {name}"[:64],
         )
         files["segmentation.dcm"] = True
+        if rtstruct:
+            from medunet.export.rtstruct import write_rtstruct
+
+            write_rtstruct(
+                tmp / RTSTRUCT,
+                labels,
+                volume.affine,
+                source_files,
+                names,
+                colors=colors,
+                series_description=f"medunet {name}"[:64],
+            )
+            files[RTSTRUCT] = True
+    elif rtstruct:
+        logger.warning("%s: no RTSTRUCT written: it needs a DICOM source series to reference", name)
     write_label_file(tmp / "labels.txt", names, colors)
     files["labels.txt"] = True
     write_workspace(

@@ -4,6 +4,8 @@ The label map lives on the source series' grid; each SEG frame is sampled from i
 positions of the corresponding source image (computed from that image's ImagePositionPatient,
 ImageOrientationPatient and PixelSpacing), so the mapping does not rely on how the reader ordered
 slices or axes. A position that does not fall on a voxel centre is a :class:`GeometryMismatchError`.
+Source headers are repaired on copies first (:mod:`medunet.export.dicom_headers`); a series that cannot
+give a valid SEG is a :class:`~medunet.errors.DicomHeaderError` naming the series and the attribute.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from medunet import __version__
-from medunet.errors import DicomError, GeometryMismatchError
+from medunet.errors import DicomError
+from medunet.export.dicom_geometry import slice_labels
+from medunet.export.dicom_headers import normalise_source_series, read_source_headers
 from medunet.io.atomic import atomic_path
-from medunet.io.volume import RAS_TO_LPS
 
 logger = logging.getLogger(__name__)
 
@@ -89,32 +92,6 @@ def anatomy_code(name: str) -> tuple[tuple[str, str] | None, tuple[str, str] | N
     return _SCT.get(key), side
 
 
-def _frame_indices(
-    ds: object, inv_affine: np.ndarray, shape: tuple[int, int, int], path: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel indices (i, j, k), each ``(rows, cols)``, of every pixel of one source image."""
-    try:
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])  # type: ignore[attr-defined]
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])  # type: ignore[attr-defined]
-        row_sp, col_sp = (float(v) for v in ds.PixelSpacing)  # type: ignore[attr-defined]
-        rows, cols = int(ds.Rows), int(ds.Columns)  # type: ignore[attr-defined]
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise DicomError(path, f"cannot place the image in space for SEG export: {exc}") from None
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    # LPS position of pixel (r, c): IPP + c * col_sp * row_dir + r * row_sp * col_dir
-    lps = ipp[:, None, None] + iop[:3, None, None] * (c * col_sp) + iop[3:, None, None] * (r * row_sp)
-    ras = RAS_TO_LPS[:3, :3] @ lps.reshape(3, -1)
-    ijk = inv_affine[:3, :3] @ ras + inv_affine[:3, 3:4]
-    rounded = np.rint(ijk)
-    if np.abs(ijk - rounded).max() > 1e-2:
-        raise GeometryMismatchError(path, "source image pixels do not fall on the segmentation's voxel grid")
-    idx = rounded.astype(np.int64)
-    for axis in range(3):
-        if idx[axis].min() < 0 or idx[axis].max() >= shape[axis]:
-            raise GeometryMismatchError(path, "source image lies outside the segmentation's grid")
-    return tuple(a.reshape(rows, cols) for a in idx)  # type: ignore[return-value]
-
-
 def build_dicom_seg(
     labels: np.ndarray,
     affine: np.ndarray,
@@ -129,34 +106,21 @@ def build_dicom_seg(
 ) -> object:
     """A highdicom ``Segmentation`` (BINARY, one segment per declared organ) for the source series."""
     import highdicom as hd
-    import pydicom
     from pydicom.sr.codedict import codes
 
     if not source_files:
         raise DicomError(None, "no source DICOM files recorded for this volume; cannot reference them")
-    sources = []
-    for f in source_files:
-        try:
-            sources.append(pydicom.dcmread(str(f)))
-        except Exception as exc:  # pydicom raises several types for bad files
-            raise DicomError(f, f"cannot re-read source DICOM for SEG export: {exc}") from None
-    # One dataset per SOP instance (multi-frame sources are not split here).
-    unique: dict[str, pydicom.Dataset] = {}
-    for ds in sources:
-        unique.setdefault(str(ds.SOPInstanceUID), ds)
-    sources = list(unique.values())
+    sources = normalise_source_series(read_source_headers(source_files))
     if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in sources):
         raise DicomError(source_files[0], "SEG export from multi-frame source images is not supported")
 
-    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     organs = [v for v in sorted(label_names) if v != 0]
     segment_of = np.zeros(max(int(labels.max(initial=0)), max(label_names)) + 1, dtype=np.uint16)
     for number, value in enumerate(organs, start=1):
         segment_of[value] = number
     frames = np.zeros((len(sources), int(sources[0].Rows), int(sources[0].Columns)), dtype=np.uint16)
     for f, ds in enumerate(sources):
-        i, j, k = _frame_indices(ds, inv, labels.shape[:3], str(getattr(ds, "filename", "")))
-        frames[f] = segment_of[labels[i, j, k]]
+        frames[f] = segment_of[slice_labels(labels, affine, ds)]
     frames = frames.astype(np.uint8) if len(organs) < 256 else frames
 
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -202,6 +166,7 @@ def build_dicom_seg(
         device_serial_number="0",
         series_description=series_description,
         omit_empty_frames=bool(frames.any()),
+        content_label=f"{str(sources[0].get('Modality', '') or '').strip()}_SEG".lstrip("_")[:16],
     )
     return seg
 

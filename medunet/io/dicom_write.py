@@ -22,6 +22,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
+from pydicom.valuerep import format_number_as_ds
 
 from medunet.errors import GeometryError, InvalidImageError
 from medunet.io.atomic import atomic_path
@@ -70,6 +71,7 @@ def write_dicom_series(
     series_instance_uid: str | None = None,
     frame_of_reference_uid: str | None = None,
     series_number: int = 1,
+    patient_position: str = "",
     rescale_slope: float = 1.0,
     rescale_intercept: float = 0.0,
     transfer_syntax: str = ExplicitVRLittleEndian,
@@ -78,6 +80,9 @@ def write_dicom_series(
     """Write ``volume`` as one DICOM file per slice along its third storage axis; return the paths.
 
     Values are stored as ``round((value - intercept) / slope)`` in int16 (or uint16 when only that fits).
+    Geometry values are Decimal Strings of at most 16 characters (``format_number_as_ds``), and the Type 2
+    attributes of the CT/MR image IODs are present (empty where unknown), so the files pass ``dciodvfy``.
+    ``patient_position`` (e.g. ``HFS``) is left empty unless given: it is not known for a generated volume.
     Every file is written atomically; if any slice fails, files already written are removed. The third
     voxel axis must be parallel to the row x column normal (DICOM classic series cannot express shear).
     ``transfer_syntax`` is Explicit or Implicit VR Little Endian, or a compressed syntax pydicom can
@@ -136,13 +141,17 @@ def write_dicom_series(
             ds.PositionReferenceIndicator = ""
             ds.SeriesNumber = series_number
             ds.SeriesDescription = series_description
+            ds.Laterality = ""  # Type 2C: unknown for a generated volume
+            ds.PatientPosition = patient_position  # Type 2C for CT and MR; empty = not known
+            ds.Manufacturer = "medunet"
+            ds.AcquisitionNumber = ""
             ds.InstanceNumber = k + 1
             ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.ImagePositionPatient = [float(v) for v in (lps_affine @ [0.0, 0.0, k, 1.0])[:3]]
-            ds.ImageOrientationPatient = iop
-            ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]
-            ds.SliceThickness = float(spacing[2])
-            ds.SpacingBetweenSlices = float(spacing[2])
+            ds.ImagePositionPatient = _ds([float(v) for v in (lps_affine @ [0.0, 0.0, k, 1.0])[:3]])
+            ds.ImageOrientationPatient = _ds(iop)
+            ds.PixelSpacing = _ds([float(spacing[1]), float(spacing[0])])
+            ds.SliceThickness = _ds([float(spacing[2])])[0]
+            ds.SpacingBetweenSlices = _ds([float(spacing[2])])[0]
             ds.Rows = nj
             ds.Columns = ni
             ds.SamplesPerPixel = 1
@@ -151,11 +160,19 @@ def write_dicom_series(
             ds.BitsStored = 16
             ds.HighBit = 15
             ds.PixelRepresentation = pixel_rep
-            ds.RescaleSlope = float(rescale_slope)
-            ds.RescaleIntercept = float(rescale_intercept)
+            ds.RescaleSlope = _ds([float(rescale_slope)])[0]
+            ds.RescaleIntercept = _ds([float(rescale_intercept)])[0]
             if modality == "CT":
                 ds.RescaleType = "HU"
                 ds.KVP = ""
+            else:  # MR Image module: Type 1 terms for a generated image, Type 2 left empty
+                ds.ScanningSequence = "RM"  # research mode
+                ds.SequenceVariant = "NONE"
+                ds.ScanOptions = ""
+                ds.MRAcquisitionType = ""
+                ds.RepetitionTime = ""
+                ds.EchoTime = ""
+                ds.EchoTrainLength = ""
             pixels = np.ascontiguousarray(stored[:, :, k].T)
             _set_pixels(ds, pixels, UID(transfer_syntax))
             path = out_dir / f"{file_prefix}{k + 1:05d}.dcm"
@@ -168,6 +185,11 @@ def write_dicom_series(
         raise
     logger.debug("wrote %d DICOM slices to %s", len(written), out_dir)
     return written
+
+
+def _ds(values: list[float]) -> list[str]:
+    """Decimal String values of at most 16 characters (the VR's limit), as close to ``values`` as fits."""
+    return [format_number_as_ds(float(v)) for v in values]
 
 
 def _slice_dataset(sop_class: UID, transfer_syntax: UID) -> Dataset:
