@@ -69,3 +69,28 @@ class CheckpointError(MedunetError):
 
 class ConfigError(MedunetError):
     """A configuration value is invalid (unknown network, bad override)."""
+
+
+class DicomWebError(DicomError):
+    """A request to a DICOMweb server (PACS) failed. Names the server by its URL without credentials."""
+
+
+class DicomWebConnectionError(DicomWebError):
+    """The server cannot be reached: refused, unknown host, TLS failure or timeout."""
+
+
+class DicomWebAuthError(DicomWebError):
+    """The server rejected the credentials (HTTP 401) or forbids the request with them (HTTP 403)."""
+
+
+class DicomWebNotFoundError(DicomWebError):
+    """The study, or the requested series in it, is not on the server."""
+
+
+class DicomWebPushError(DicomWebError):
+    """Storing (STOW-RS) derived objects failed part-way; says which were stored and which were not."""
+
+    def __init__(self, path: str | Path | None, problem: str, stored: list[str], missing: list[str]) -> None:
+        self.stored = stored
+        self.missing = missing
+        super().__init__(path, problem)

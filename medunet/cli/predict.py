@@ -1,4 +1,4 @@
-"""``medunet predict``: segment NIfTI files and DICOM series into review-ready case folders."""
+"""``medunet predict``: segment NIfTI files, DICOM series or a PACS study into review-ready case folders."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import argparse
 import json
 import logging
 import re
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medunet.errors import ConfigError, MedunetError
 from medunet.progress import progress
+
+if TYPE_CHECKING:
+    from medunet.export.report import OrganStats
+    from medunet.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +31,8 @@ class CaseInput:
     name: str
     path: Path
     series_uid: str | None = None
+    #: Recorded in case.json as the source instead of ``path`` (a DICOMweb series pulled to a temp folder).
+    source_uri: str | None = None
 
     @property
     def is_dicom(self) -> bool:
@@ -73,14 +81,18 @@ def collect_cases(inputs: Sequence[Path], series: str | None) -> tuple[list[Case
                 problems += _dicom_cases(path, series, cases)
             except MedunetError as exc:
                 problems.append(str(exc))
-    # Unique names: a second "ct" becomes "ct_2".
+    _unique_names(cases)
+    return cases, problems
+
+
+def _unique_names(cases: Sequence[CaseInput]) -> None:
+    """Make case names unique in place: a second "ct" becomes "ct_2"."""
     seen: dict[str, int] = {}
     for case in cases:
         n = seen.get(case.name, 0) + 1
         seen[case.name] = n
         if n > 1:
             case.name = f"{case.name}_{n}"
-    return cases, problems
 
 
 def _dicom_cases(path: Path, series: str | None, cases: list[CaseInput]) -> list[str]:
@@ -135,31 +147,24 @@ def default_checkpoint(bundle: Path) -> Path:
     raise ConfigError(bundle, f"no trained model found (tried {tried}); pass --checkpoint FILE")
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Handler for ``medunet predict``."""
-    from medunet.export.case import write_case
-    from medunet.export.report import write_review_queue
-    from medunet.inference import Predictor
-    from medunet.io import read_image
+@dataclass
+class _Setup:
+    """What every case of one run shares: the predictor and what is recorded about it."""
 
-    inputs = [Path(p) for p in args.input]
-    output = Path(args.output)
-    check_output_location(output, inputs)
-    cases, failures = collect_cases(inputs, args.series)
-    if not cases and failures:
-        for f in failures:
-            logger.error("%s", f)
-        return 1
-    dicom_dirs = {c.path for c in cases if c.is_dicom}
-    check_output_location(output, list(dicom_dirs))
+    predictor: Predictor
+    checkpoint: Path
+    window: tuple[float, float] | None
+    options: dict[str, object]
+
+
+def _load_predictor(args: argparse.Namespace) -> _Setup:
+    from medunet.inference import Predictor
+    from medunet.inference.predictor import DEFAULT_TTA
 
     checkpoints = (
         [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint(Path(args.bundle))]
     )
-    checkpoint = checkpoints[0]
     tuning = {"overlap": args.overlap} if args.overlap is not None else {}
-    from medunet.inference.predictor import DEFAULT_TTA
-
     if args.tta is None:
         args.tta = DEFAULT_TTA
     predictor = Predictor.from_checkpoint(
@@ -186,9 +191,53 @@ def run_predict(args: argparse.Namespace) -> int:
         "overlap": predictor.overlap,
         "rtstruct": args.rtstruct,
     }
-    logger.info("predicting %d case(s) with %s on %s", len(cases), checkpoint, predictor.device)
-    queue = {}
-    done = 0
+    return _Setup(predictor, checkpoints[0], window, options)
+
+
+def derived_object_seed(series_uid: str, checkpoint_sha256: str | None, options: dict[str, object]) -> str:
+    """Seed for the UIDs of a case's SEG/RTSTRUCT: same source series, model and result options, same UIDs.
+
+    Paths (``ensemble``) and which objects are written (``rtstruct``) are left out, so moving the model or
+    adding ``--push rtstruct`` later does not give the SEG a new identity.
+    """
+    from medunet import __version__
+
+    result_options = {k: v for k, v in options.items() if k not in ("ensemble", "rtstruct")}
+    return json.dumps(
+        {
+            "series": series_uid,
+            "model": checkpoint_sha256,
+            "medunet": __version__,
+            "options": result_options,
+        },
+        sort_keys=True,
+        default=str,
+    )
+
+
+AfterWrite = Callable[[CaseInput, Path], None]
+
+
+def _predict_cases(
+    args: argparse.Namespace,
+    cases: Sequence[CaseInput],
+    output: Path,
+    setup: _Setup,
+    *,
+    derived_uids: bool = False,
+    after_write: AfterWrite | None = None,
+) -> tuple[dict[str, list[OrganStats]], list[str]]:
+    """Predict and write every case (a failing case is logged and the batch goes on).
+
+    ``after_write(case, case_folder)`` runs after a case folder is complete (e.g. a PACS push); its
+    MedunetError counts as that case's failure. Returns ``(stats per written case, failure messages)``.
+    """
+    from medunet.export.case import write_case
+    from medunet.io import read_image
+
+    predictor = setup.predictor
+    queue: dict[str, list[OrganStats]] = {}
+    failures: list[str] = []
     for case in progress(cases, desc="predict", total=len(cases)):
         try:
             if case.is_dicom:
@@ -198,6 +247,12 @@ def run_predict(args: argparse.Namespace) -> int:
             else:
                 volume = read_image(case.path)
             prediction = predictor.predict(volume, uncertainty=args.uncertainty)
+            seed = None
+            if derived_uids and case.is_dicom:
+                # The series key (``UID`` or ``UID#n`` when one UID holds several geometries) keeps the
+                # objects of each geometry distinct.
+                series_key = case.series_uid or str(volume.meta.get("series_instance_uid") or "")
+                seed = derived_object_seed(series_key, predictor.checkpoint_sha256, setup.options)
             result = write_case(
                 output,
                 case.name,
@@ -206,15 +261,18 @@ def run_predict(args: argparse.Namespace) -> int:
                 source=case.path,
                 is_dicom=case.is_dicom,
                 copy_image=args.copy_image,
-                checkpoint=checkpoint,
+                checkpoint=setup.checkpoint,
                 checkpoint_sha256=predictor.checkpoint_sha256,
-                window=window,
-                options=options,
+                window=setup.window,
+                options=setup.options,
                 rtstruct=args.rtstruct,
+                uid_seed=seed,
+                source_uri=case.source_uri,
             )
             queue[case.name] = result.stats
-            done += 1
             logger.info("%s: wrote %s", case.name, result.directory)
+            if after_write is not None:
+                after_write(case, result.directory)
         except MedunetError as exc:
             failures.append(f"{case.name}: {exc}")
             logger.error("%s: %s", case.name, exc)
@@ -222,10 +280,22 @@ def run_predict(args: argparse.Namespace) -> int:
             failures.append(f"{case.name} ({case.path}): {type(exc).__name__}: {exc}")
             logger.error("%s: unexpected %s: %s", case.name, type(exc).__name__, exc)
             logger.debug("traceback", exc_info=True)
+    return queue, failures
+
+
+def _finish(
+    args: argparse.Namespace,
+    output: Path,
+    queue: dict[str, list[OrganStats]],
+    total: int,
+    failures: list[str],
+) -> int:
+    from medunet.export.report import write_review_queue
+
     if args.uncertainty and queue:
         path = write_review_queue(output / "review_queue.csv", queue)
         logger.info("review queue: %s", path)
-    logger.info("%d of %d case(s) written to %s", done, len(cases), output)
+    logger.info("%d of %d case(s) written to %s", len(queue), total, output)
     if failures:
         logger.error("%d failure(s):", len(failures))
         for f in failures:
@@ -234,10 +304,105 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_predict(args: argparse.Namespace) -> int:
+    """Handler for ``medunet predict``."""
+    if args.dicomweb:
+        return run_predict_dicomweb(args)
+    if args.study or args.push:
+        raise ConfigError(None, "--study and --push need --dicomweb URL")
+    inputs = [Path(p) for p in args.input]
+    output = Path(args.output)
+    check_output_location(output, inputs)
+    cases, failures = collect_cases(inputs, args.series)
+    if not cases and failures:
+        for f in failures:
+            logger.error("%s", f)
+        return 1
+    dicom_dirs = {c.path for c in cases if c.is_dicom}
+    check_output_location(output, list(dicom_dirs))
+    setup = _load_predictor(args)
+    logger.info(
+        "predicting %d case(s) with %s on %s",
+        len(cases),
+        setup.checkpoint,
+        setup.predictor.device,
+    )
+    queue, case_failures = _predict_cases(args, cases, output, setup)
+    return _finish(args, output, queue, len(cases), failures + case_failures)
+
+
+def run_predict_dicomweb(args: argparse.Namespace) -> int:
+    """``medunet predict --dicomweb URL --study UID``: pull the study's image series, predict, push back.
+
+    The server is asked first (reachable, credentials accepted, study and series present), then the model
+    is loaded, the series are pulled (WADO-RS) into a temporary folder that is removed afterwards, and
+    each case goes through the same path as a local DICOM folder. With ``--push``, the case's SEG and/or
+    RTSTRUCT are stored (STOW-RS) in the same study once its folder is complete; their UIDs derive from
+    the source series and the model, and objects the study already holds are skipped.
+    """
+    from medunet.export.case import RTSTRUCT
+    from medunet.io.dicomweb import DicomWebServer, check_uid
+
+    if not args.study:
+        raise ConfigError(None, "--dicomweb needs --study UID (the StudyInstanceUID to segment)")
+    study = check_uid(args.study, "study")
+    push = args.push or frozenset()
+    if "rtstruct" in push:
+        args.rtstruct = True  # pushing an RTSTRUCT means writing one
+    output = Path(args.output)
+    server = DicomWebServer(args.dicomweb, timeout=args.dicomweb_timeout)
+    logger.info("DICOMweb server %s (%s)", server.url, server.auth)
+    series = server.image_series(study, args.series)
+    setup = _load_predictor(args)
+
+    def push_case(case: CaseInput, folder: Path) -> None:
+        files = [folder / "segmentation.dcm"] if "seg" in push else []
+        files += [folder / RTSTRUCT] if "rtstruct" in push else []
+        result = server.push(study, files)
+        logger.info(
+            "%s: stored in study %s: %s; already there: %s",
+            case.name,
+            study,
+            ", ".join(result.stored) or "nothing",
+            ", ".join(result.already_present) or "nothing",
+        )
+
+    with tempfile.TemporaryDirectory(prefix="medunet-dicomweb-") as tmp:
+        cases: list[CaseInput] = []
+        failures: list[str] = []
+        for n, remote in enumerate(series, start=1):
+            folder = Path(tmp) / f"series{n:03d}"
+            server.pull_series(study, remote.uid, folder)
+            found, problems = collect_cases([folder], remote.uid)
+            for case in found:
+                case.source_uri = server.series_uri(study, remote.uid)
+            cases += found
+            failures += problems
+        _unique_names(cases)
+        logger.info(
+            "predicting %d series of study %s with %s on %s",
+            len(cases),
+            study,
+            setup.checkpoint,
+            setup.predictor.device,
+        )
+        queue, case_failures = _predict_cases(
+            args, cases, output, setup, derived_uids=True, after_write=push_case if push else None
+        )
+    return _finish(args, output, queue, len(cases), failures + case_failures)
+
+
+def _push_kinds(text: str) -> frozenset[str]:
+    kinds = frozenset(k.strip().lower() for k in text.split(",") if k.strip())
+    if not kinds or kinds - {"seg", "rtstruct"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seg, rtstruct or seg,rtstruct")
+    return kinds
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "predict",
-        help="segment NIfTI files / DICOM series into case folders for review",
+        help="segment NIfTI files / DICOM series / a PACS study into case folders for review",
         description="Segment images; each case gets a folder with the mask on the exact source grid, "
         "ITK-SNAP label file and workspace, DICOM SEG (and with --rtstruct an RT Structure Set; DICOM "
         "input), volumes and a preview.",
@@ -250,16 +415,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model checkpoint(s); several (e.g. one per cross-validation fold) are ensembled by "
         "averaging their class probabilities (default: <bundle>/models/best.pt)",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--input",
         "-i",
         nargs="+",
-        required=True,
         metavar="PATH",
         help="NIfTI files, folders of them, or DICOM series folders",
     )
+    source.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help="DICOMweb service root of a PACS (e.g. http://pacs:8042/dicom-web): pull the --study's CT/MR "
+        "series (QIDO-RS, WADO-RS) instead of reading --input; credentials only from the environment: "
+        "MEDUNET_DICOMWEB_USER + MEDUNET_DICOMWEB_PASSWORD, or MEDUNET_DICOMWEB_TOKEN",
+    )
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="where case folders are written")
-    p.add_argument("--series", metavar="UID|all", help="which DICOM series when a folder holds several")
+    p.add_argument(
+        "--series",
+        metavar="UID|all",
+        help="which DICOM series when a folder (or the --study) holds several image series",
+    )
+    p.add_argument("--study", metavar="UID", help="StudyInstanceUID to segment (with --dicomweb)")
+    p.add_argument(
+        "--push",
+        type=_push_kinds,
+        metavar="seg,rtstruct",
+        help="with --dicomweb: store the SEG and/or RTSTRUCT in the same study (STOW-RS); objects the "
+        "study already holds (same SOP Instance UID, derived from source series and model) are skipped",
+    )
+    p.add_argument(
+        "--dicomweb-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="connect / read timeout of each DICOMweb request (default: %(default)s)",
+    )
     p.add_argument(
         "--largest-component", action="store_true", help="keep every organ's largest component (forces it)"
     )

@@ -69,6 +69,22 @@ def label_dtype(label_names: dict[int, str]) -> type:
     return np.uint8 if max(label_names) <= 255 else np.uint16
 
 
+def derived_uid(seed: str, *parts: str) -> str:
+    """A UID that depends only on ``seed`` and ``parts`` (pydicom's root + a SHA-512 of the text)."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=["|".join(("medunet", seed, *parts))]))
+
+
+def _object_uids(seed: str | None, kind: str) -> dict[str, str]:
+    if seed is None:
+        return {}
+    return {
+        "sop_instance_uid": derived_uid(seed, kind, "SOPInstanceUID"),
+        "series_instance_uid": derived_uid(seed, kind, "SeriesInstanceUID"),
+    }
+
+
 def write_case(
     output_dir: str | Path,
     name: str,
@@ -83,11 +99,16 @@ def write_case(
     window: tuple[float, float] | None = None,
     options: dict[str, Any] | None = None,
     rtstruct: bool = False,
+    uid_seed: str | None = None,
+    source_uri: str | None = None,
 ) -> CaseResult:
     """Write the case folder ``output_dir/name`` atomically (see module docstring).
 
     ``rtstruct``: also write an RT Structure Set (DICOM input only; for other inputs it is skipped with a
-    warning, since it must reference source DICOM images).
+    warning, since it must reference source DICOM images). ``uid_seed``: derive the SEG's and RTSTRUCT's
+    SOP Instance and Series Instance UIDs from this text (:func:`derived_uid`) instead of random ones, so
+    the same seed gives the same objects (idempotent PACS pushes). ``source_uri``: what ``case.json``
+    records as the source instead of the local path (e.g. the DICOMweb series the files were pulled from).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +129,8 @@ def write_case(
             options=options or {},
             name=name,
             rtstruct=rtstruct,
+            uid_seed=uid_seed,
+            source_uri=source_uri,
         )
         stats = files.pop("__stats__")  # type: ignore[misc]
         replace_dir(tmp, final)
@@ -132,6 +155,8 @@ def _write_files(
     options: dict[str, Any],
     name: str,
     rtstruct: bool = False,
+    uid_seed: str | None = None,
+    source_uri: str | None = None,
 ) -> dict[str, object]:
     names = prediction.label_names
     colors = label_colors(names)
@@ -165,6 +190,7 @@ def _write_files(
             names,
             colors=colors,
             series_description=f"medunet {name}"[:64],
+            **_object_uids(uid_seed, "SEG"),
         )
         files["segmentation.dcm"] = True
         if rtstruct:
@@ -178,6 +204,7 @@ def _write_files(
                 names,
                 colors=colors,
                 series_description=f"medunet {name}"[:64],
+                **_object_uids(uid_seed, "RTSTRUCT"),
             )
             files[RTSTRUCT] = True
     elif rtstruct:
@@ -213,7 +240,7 @@ def _write_files(
         "format": CASE_FORMAT,
         "case": name,
         "image": image_ref,
-        "source": str(source.resolve()),
+        "source": source_uri or str(source.resolve()),
         "source_kind": "dicom" if is_dicom else "image",
         "series_instance_uid": volume.meta.get("series_instance_uid") if is_dicom else None,
         "segmentation": SEGMENTATION,

@@ -103,8 +103,14 @@ def build_dicom_seg(
     algorithm_name: str = "medunet",
     algorithm_version: str = __version__,
     colors: Mapping[int, tuple[int, int, int]] | None = None,
+    sop_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
 ) -> object:
-    """A highdicom ``Segmentation`` (BINARY, one segment per declared organ) for the source series."""
+    """A highdicom ``Segmentation`` (BINARY, one segment per declared organ) for the source series.
+
+    ``sop_instance_uid`` / ``series_instance_uid``: fixed UIDs (e.g. derived from the source series and the
+    model, so that a PACS push is idempotent); new random UIDs when omitted.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -156,9 +162,9 @@ def build_dicom_seg(
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_instance_uid or hd.UID(),
         instance_number=1,
         manufacturer="medunet",
         manufacturer_model_name=algorithm_name,

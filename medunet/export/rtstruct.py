@@ -73,8 +73,14 @@ def build_rtstruct(
     structure_set_label: str = "medunet",
     algorithm_name: str = "medunet",
     algorithm_version: str = __version__,
+    sop_instance_uid: str | None = None,
+    series_instance_uid: str | None = None,
 ) -> object:
-    """A highdicom ``SOPClass`` holding an RT Structure Set for ``labels`` on the source series' grid."""
+    """A highdicom ``SOPClass`` holding an RT Structure Set for ``labels`` on the source series' grid.
+
+    ``sop_instance_uid`` / ``series_instance_uid``: fixed UIDs (see :func:`build_dicom_seg`); new random
+    UIDs when omitted.
+    """
     import highdicom as hd
     from pydicom.dataset import Dataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -92,9 +98,9 @@ def build_rtstruct(
     now = _dt.datetime.now()
     rt = hd.SOPClass(
         study_instance_uid=src.StudyInstanceUID,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_instance_uid or hd.UID(),
         series_number=series_number,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_instance_uid or hd.UID(),
         sop_class_uid=RT_STRUCTURE_SET_STORAGE,
         instance_number=1,
         modality="RTSTRUCT",
