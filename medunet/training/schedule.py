@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Validations per budgeted run (best-checkpoint choice needs a few; each costs a full pass).
 TARGET_VALIDATIONS = 5
+#: Largest share of the usable training time that validation passes may take.
+MAX_VALIDATION_FRACTION = 0.15
 #: Iterations timed after 2 untimed warm-up iterations.
 TIMED_ITERATIONS = 5
 #: Fraction of the budget kept free for what the measurement cannot see (loader hiccups, GC, load).
@@ -90,10 +92,17 @@ def plan_epochs(
     usable = budget_s * (1.0 - SAFETY_FRACTION) - setup_s - reserve_s
     # Each epoch also pays a checkpoint write and a loader restart (20 % of a short synthetic epoch).
     epoch_s = steps_per_epoch * s_per_iteration + max(0.0, epoch_overhead_s)
-    validations_s = target_validations * max(0.0, s_per_validation)
+    s_val = max(0.0, s_per_validation)
+    # Validation may take at most MAX_VALIDATION_FRACTION of the training time: with many or large
+    # validation cases on a short budget, validate fewer times rather than train less (at least
+    # once, after the last epoch).
+    if s_val > 0:
+        fitting = int(MAX_VALIDATION_FRACTION * max(0.0, usable) // s_val)
+        target_validations = max(1, min(target_validations, fitting))
+    validations_s = target_validations * s_val
     epochs = int((usable - validations_s) // epoch_s) if usable > validations_s else 0
     if epochs < target_validations:  # few epochs: validate less often, not the whole budget away
-        epochs = int((usable - max(0.0, s_per_validation)) // epoch_s) if usable > s_per_validation else 0
+        epochs = int((usable - s_val) // epoch_s) if usable > s_val else 0
     epochs = max(1, epochs)
     interval = max(1, math.ceil(epochs / target_validations))
     reason = (

@@ -35,6 +35,18 @@ def test_plan_epochs_small_budget_still_trains_and_validates_once() -> None:
         plan_epochs(0, 0, 1.0, 1, 0)
 
 
+def test_costly_validation_is_held_to_a_share_of_the_budget() -> None:
+    # 10 min, 60 s setup; 46 s per validation pass (12 real cases): 5 passes would take 230 s of the
+    # 510 s usable. At most 15 % may go to validation: one pass (after the last epoch).
+    epochs, interval, _ = plan_epochs(600, 60, 0.5, 92, 46)
+    usable = 600 * (1 - SAFETY_FRACTION) - 60
+    assert epochs == int((usable - 46) // 46)
+    assert interval == epochs  # validated once, at the end
+    # Cheap validation still gets the target number of passes.
+    epochs, interval, _ = plan_epochs(600, 60, 0.5, 92, 2)
+    assert interval == -(-epochs // TARGET_VALIDATIONS)
+
+
 def test_budget_plans_the_run_iterations_and_lr_schedule(tmp_path: Path) -> None:
     """A tiny run with a 1-minute budget: the trainer runs exactly the planned iterations, no wall-clock assert."""
     data = make_tiny_ct_dataset(tmp_path / "data", n_cases=4)
