@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import HEADER, Row, print_row, write_results
+from benchmarks.common import HEADER, Row, add_cache_dir_argument, bench_cache_dir, print_row, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -407,9 +407,18 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--no-prior", action="store_true", help="pure random UNet logits (see PriorUNet)")
     ap.add_argument("--no-isolate", action="store_true", help="run both pipelines in this process")
     ap.add_argument("--out", default=None, help="results JSON (default runs/benchmarks/inference.json)")
+    add_cache_dir_argument(ap)
     args = ap.parse_args(argv)
+    # Both pipelines write their masks to a temporary folder that is removed at the end.
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_inference_") as work,
+        bench_cache_dir(args.cache_dir, args.smoke) as cache,
+    ):
+        return _bench(args, Path(work), cache)
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_inference_"))
+
+def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
+    """The benchmark proper: outputs under ``tmp``, generated inputs cached under ``cache``."""
     if args.smoke:
         setup = Setup(
             num_classes=3,
@@ -424,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             medunet_blend=args.medunet_blend or args.blend,
             crop_foreground=False if args.no_crop else None,
         )
-        paths = [str(_smoke_volume(tmp))]
+        paths = [str(_smoke_volume(cache))]
         isolate = False
     else:
         setup = Setup(
@@ -446,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         else:
             from benchmarks.synthetic_ct import synthetic_ct_path
 
-            paths = [str(synthetic_ct_path(tuple(args.shape)))]
+            paths = [str(synthetic_ct_path(tuple(args.shape), cache_dir=cache))]
         isolate = not args.no_isolate
     if setup.checkpoint:
         _, plans = _build(setup)

@@ -21,14 +21,21 @@ from __future__ import annotations
 import argparse
 import gzip
 import logging
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import HEADER, Row, print_row, timeit, write_results
+from benchmarks.common import (
+    HEADER,
+    Row,
+    add_cache_dir_argument,
+    bench_cache_dir,
+    print_row,
+    timeit,
+    write_results,
+)
 from benchmarks.synthetic_ct import synthetic_ct_path
 
 SPACING = (1.5, 1.5, 2.0)
@@ -131,12 +138,19 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--orientation", default="LPS")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=None)
+    add_cache_dir_argument(ap)
     args = ap.parse_args(argv)
+    with bench_cache_dir(args.cache_dir, args.smoke) as cache:
+        return _bench(args, cache)
+
+
+def _bench(args: argparse.Namespace, cache: Path) -> list[Row]:
+    """The benchmark proper, on a synthetic CT generated into (or reused from) ``cache``."""
     if args.smoke:
-        path = synthetic_ct_path((40, 36, 24), (1.0, 1.2, 3.0), "PLI", cache_dir=tempfile.mkdtemp())
+        path = synthetic_ct_path((40, 36, 24), (1.0, 1.2, 3.0), "PLI", cache_dir=cache)
         repeats = 1
     else:
-        path = synthetic_ct_path(tuple(args.shape), orientation=args.orientation)
+        path = synthetic_ct_path(tuple(args.shape), orientation=args.orientation, cache_dir=cache)
         repeats = args.repeats
 
     stock, ours = stock_pipeline(), medunet_pipeline()

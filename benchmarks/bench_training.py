@@ -36,10 +36,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import HEADER, Row, print_row, write_results
+from benchmarks.common import HEADER, Row, add_cache_dir_argument, bench_cache_dir, print_row, write_results
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_CACHE = REPO / "runs" / "benchmarks" / "cache"
 
 logger = logging.getLogger("benchmarks.bench_training")
 
@@ -87,7 +86,7 @@ def stock_loader(train: list[dict[str, str]], plans: Any, batch: int, workers: i
     return DataLoader(Dataset(train, tf), batch_size=batch, shuffle=True, num_workers=workers)
 
 
-def _setup(args: argparse.Namespace) -> dict[str, Any]:
+def _setup(args: argparse.Namespace, cache: Path) -> dict[str, Any]:
     """Dataset, split, fingerprint, environment and the two plans (medunet default 2D, stock 3D)."""
     from medunet.data.synthetic import ensure_synthetic_dataset
     from medunet.training import (
@@ -100,12 +99,12 @@ def _setup(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     if args.smoke:
-        ds_dir = DATA_CACHE / "synthetic_ct_smoke"
+        ds_dir = cache / "synthetic_ct_smoke"
         ensure_synthetic_dataset(ds_dir, cases=4, test_cases=1, size=48)
     else:
         ds_dir = REPO / "data" / "synthetic_ct"
         ensure_synthetic_dataset(ds_dir)  # the bundle's default dataset
-    out_dir = Path(args.work_dir or DATA_CACHE / f"training_{ds_dir.name}")
+    out_dir = Path(args.work_dir or cache / f"training_{ds_dir.name}")
     env = setup_environment("cpu", seed=args.seed)
     datalist = resolve_dataset(ds_dir)
     split = make_split(datalist, out_dir, val_fraction=0.2, seed=args.seed)
@@ -222,12 +221,19 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument(
         "--only", choices=("stock", "medunet"), default=None, help="run one pipeline (e.g. a longer cap)"
     )
-    ap.add_argument("--work-dir", default=None, help="split/fingerprint folder (default under runs/)")
+    ap.add_argument("--work-dir", default=None, help="split/fingerprint folder (default: in the cache dir)")
     ap.add_argument("--out", default=None)
+    add_cache_dir_argument(ap)
     args = ap.parse_args(argv)
     if args.smoke:
         args.max_iters, args.workers, args.size, args.val_every_s = 2, 0, "tiny", 1e9
-    setup = _setup(args)
+    with bench_cache_dir(args.cache_dir, args.smoke) as cache:
+        return _bench(args, cache)
+
+
+def _bench(args: argparse.Namespace, cache: Path) -> list[Row]:
+    """Both pipelines; the smoke dataset and the split/fingerprint folder live under ``cache``."""
+    setup = _setup(args, cache)
     if args.only:
         r = train(args.only, args, setup)
         print(

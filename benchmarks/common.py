@@ -7,14 +7,17 @@ Every benchmark compares a stock MONAI pipeline with the medunet one and prints 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,33 @@ from medunet.io.atomic import atomic_write_text
 T = TypeVar("T")
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parents[1] / "runs" / "benchmarks"  # git-ignored
+#: Generated inputs (synthetic CTs, the training benchmark's dataset) of full runs are kept here.
+DEFAULT_CACHE_DIR = DEFAULT_RESULTS_DIR / "cache"
+
+
+def add_cache_dir_argument(ap: argparse.ArgumentParser) -> None:
+    """``--cache-dir``: where generated inputs go (see :func:`bench_cache_dir`)."""
+    ap.add_argument(
+        "--cache-dir",
+        default=None,
+        help=f"folder for generated inputs (default: {DEFAULT_CACHE_DIR}; with --smoke a temporary "
+        "folder removed at exit)",
+    )
+
+
+@contextlib.contextmanager
+def bench_cache_dir(requested: str | Path | None, smoke: bool) -> Iterator[Path]:
+    """The cache folder to use: ``requested``; else, for a smoke run, a temporary folder removed on exit
+    (a smoke run leaves nothing behind); else :data:`DEFAULT_CACHE_DIR`, kept between full runs."""
+    if requested is not None:
+        path = Path(requested)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    elif smoke:
+        with tempfile.TemporaryDirectory(prefix="medunet_bench_cache_") as tmp:
+            yield Path(tmp)
+    else:
+        yield DEFAULT_CACHE_DIR
 
 
 @dataclass(frozen=True)

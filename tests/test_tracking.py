@@ -278,6 +278,27 @@ def run_toy_training(
     return tracker, spy, net
 
 
+def _checkout_commit() -> str | None:
+    """HEAD of the git checkout holding the medunet package, or None outside one."""
+    import subprocess
+
+    import medunet
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(medunet.__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    assert len(out) == 40 and all(c in "0123456789abcdef" for c in out), out
+    return out
+
+
 def check_recorded_training(client: Any, tracker: MLflowTracker, spy: Spy, epochs: int) -> None:
     """Everything the issue asks for is in the run, and the numbers are the ones computed."""
     run = client.get_run(tracker.run.run_id)
@@ -293,7 +314,12 @@ def check_recorded_training(client: Any, tracker: MLflowTracker, spy: Spy, epoch
     assert tags["medunet.dataset.name"] == "ToyDataset" and tags["medunet.dataset.hash"] == "0123456789abcdef"
     assert tags["medunet.torch_version"] == torch.__version__ and tags["medunet.device"] == "cpu"
     assert tags["medunet.run_kind"] == "training"
-    assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40
+    commit = _checkout_commit()  # asked of git here, not of medunet.tracking
+    if commit is None:  # not run from a git checkout: no made-up commit tag
+        assert "mlflow.source.git.commit" not in tags and "medunet.git_commit" not in tags
+    else:
+        assert tags["mlflow.source.git.commit"] == tags["medunet.git_commit"] == commit
+        assert tags["medunet.git_dirty"] in ("true", "false")
     # Per-organ validation metrics at every validation, equal to what ValidationHandler computed.
     assert len(spy.validations) == epochs
     for organ, key in ORGAN_KEYS.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -86,3 +88,46 @@ def test_lr_flip_swaps_left_and_right_labels():
 def test_plain_flip_of_left_right_axis_is_refused():
     with pytest.raises(ValueError, match="left/right"):
         Augmentation(flip_axes=(0, 1))
+
+
+def _centre_labels(tmp_path: Path, aug: Augmentation, n: int) -> list[int]:
+    """Label at the centre of each of ``n`` training patches from a case with a big liver (5760 voxels),
+    a tiny left kidney (8 voxels), background elsewhere and no right kidney, 1 mm RAS, 8^3 patches."""
+    image = np.full((40, 40, 40), 50, np.int16)
+    label = np.zeros(image.shape, np.uint8)
+    label[6:16, 8:32, 8:32] = 1
+    label[30:32, 30:32, 30:32] = 2
+    image[label > 0] = 150
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab.nii.gz")
+    plans = Plans(
+        labels=LABELS,
+        target_spacing=(1.0, 1.0, 1.0),
+        patch_size=(8, 8, 8),
+        intensity=Intensity("ct_window", -100.0, 200.0),
+    )
+    cached = train_cache_transforms(plans)(
+        {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    )
+    assert tuple(cached["label"].shape[1:]) == (40, 40, 40)  # nothing cropped: patch centre = voxel
+    tail = train_random_transforms(plans, aug)
+    tail.set_random_state(0)
+    return [int(s["label"][0, 4, 4, 4]) for s in tail(cached)[:n]]
+
+
+def test_patches_are_class_balanced(tmp_path: Path) -> None:
+    """Each present class (background, liver, the 8-voxel kidney) is the patch centre 1/3 of the time.
+
+    Uniform sampling would centre a patch on the kidney 8 / 64000 of the time; 300 patches give
+    100 +- 8 per class (binomial sd), checked within 4 sd. The absent right kidney is never a centre.
+    """
+    no_aug = {"affine_prob": 0.0, "intensity_prob": 0.0}
+    counts = np.bincount(_centre_labels(tmp_path, Augmentation(num_samples=300, **no_aug), 300), minlength=4)
+    assert counts.sum() == 300 and counts[3] == 0
+    for c in (0, 1, 2):
+        assert abs(counts[c] - 100) <= 4 * np.sqrt(300 * (1 / 3) * (2 / 3)), counts
+    # class_ratios set the frequencies: liver 1/4, kidney 3/4, never background
+    aug = Augmentation(num_samples=300, class_ratios=(0.0, 1.0, 3.0, 0.0), **no_aug)
+    counts = np.bincount(_centre_labels(tmp_path, aug, 300), minlength=4)
+    assert counts[0] == 0 and counts[3] == 0
+    assert abs(counts[2] - 225) <= 4 * np.sqrt(300 * 0.75 * 0.25), counts

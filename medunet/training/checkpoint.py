@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +40,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     digest_path = _digest_path(path)
     digest_path.unlink(missing_ok=True)
     atomic_write_bytes(path, payload)
-    _test_pause(path)
     atomic_write_text(digest_path, hashlib.sha256(payload).hexdigest() + "\n")
     return path
-
-
-#: Crash tests only: ``"<file name>:<seconds>"`` makes :func:`save_checkpoint` sleep after writing that
-#: file's payload and before its checksum, so a test can SIGKILL the process inside a checkpoint write.
-TEST_PAUSE_ENV = "MEDUNET_TEST_CHECKPOINT_PAUSE"
-
-
-def _test_pause(path: Path) -> None:
-    spec = os.environ.get(TEST_PAUSE_ENV, "")
-    name, _, seconds = spec.rpartition(":")
-    if name and name == path.name:
-        logger.warning("%s set: pausing %ss inside the write of %s", TEST_PAUSE_ENV, seconds, path.name)
-        time.sleep(float(seconds))
 
 
 def load_checkpoint(

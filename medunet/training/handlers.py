@@ -363,14 +363,42 @@ class EarlyStopping:
 
 
 def _truncate_csv(path: Path, max_epoch: int) -> None:
-    """Keep the header and the rows whose ``epoch`` is at most ``max_epoch``."""
+    """Keep the header and the complete rows whose ``epoch`` is at most ``max_epoch`` (atomically).
+
+    A last line without its newline is a row that was being written when the process died: it is
+    dropped whatever it holds (a row cut after ``1`` of ``12`` would otherwise read as epoch 1, and the
+    next row appended would be glued to it), as is any row with missing or extra fields or an epoch
+    that is not a number.
+    """
     if not path.is_file():
         return
-    rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    kept = [r for r in rows if int(r["epoch"]) <= max_epoch]
-    if len(kept) != len(rows):
+    text = path.read_text()
+    torn = bool(text) and not text.endswith("\n")
+    if torn:
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    rows = list(reader)
+    kept = [r for r in rows if (epoch := _row_epoch(r)) is not None and epoch <= max_epoch]
+    if not torn and len(kept) == len(rows):
+        return
+    if not kept or reader.fieldnames is None:
         path.unlink()
-        _append_csv(path, kept)
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=reader.fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(kept)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _row_epoch(row: dict[str | None, Any]) -> int | None:
+    """The row's epoch, or ``None`` for a damaged row (fields missing or extra, epoch not a number)."""
+    if None in row or None in row.values():
+        return None
+    try:
+        return int(row["epoch"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _append_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -37,13 +38,33 @@ def test_split_is_a_deterministic_partition() -> None:
     assert _where(c) != _where(a)  # the seed matters
 
 
-def test_placement_follows_the_case_hash() -> None:
-    cases = _cases(30)
-    split = split_cases(cases, val_fraction=0.3, test_fraction=0.2, seed=7)
-    for case in cases:
-        u = case_hash(case.case_id, 7)
-        expected = "test" if u < 0.2 else "val" if u < 0.5 else "train"
-        assert _where(split)[case.case_id] == expected
+def _u(case_id: str, seed: int) -> float:
+    """The documented hash, written out independently: the first 8 bytes of sha256("<seed>\\0<id>")."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{case_id}".encode()).digest()[:8], "big") / 2.0**64
+
+
+def test_case_hash_known_values() -> None:
+    # Pinned numbers: a change of hash (and so of every published split) fails here.
+    assert case_hash("case_000", 0) == 0.820569023965388
+    assert case_hash("case_001", 7) == 0.8319938142148637
+    assert case_hash("p3", 4) == 0.3443090023939553
+    for cid, seed in (("case_000", 0), ("case_017", 3), ("hn_train_004", 11)):
+        assert case_hash(cid, seed) == _u(cid, seed)
+
+
+def test_placement_known_answer() -> None:
+    """30 cases, val 0.3, test 0.2, seed 7: the split written out (the same on every machine)."""
+    split = split_cases(_cases(30), val_fraction=0.3, test_fraction=0.2, seed=7)
+    ids = {name: [int(cid[-3:]) for cid in cids] for name, cids in split.ids().items()}
+    assert ids == {
+        "train": [1, 3, 4, 6, 7, 15, 16, 17, 22, 28, 29],
+        "val": [5, 8, 12, 13, 14, 21, 24, 25, 27],
+        "test": [0, 2, 9, 10, 11, 18, 19, 20, 23, 26],
+    }
+    # ...and it is the documented rule: test below 0.2, validation below 0.5, else training.
+    for cid, where in _where(split).items():
+        u = _u(cid, 7)
+        assert where == ("test" if u < 0.2 else "val" if u < 0.5 else "train")
 
 
 def test_existing_cases_never_move_when_cases_are_added() -> None:
@@ -55,12 +76,13 @@ def test_existing_cases_never_move_when_cases_are_added() -> None:
 
 
 def test_at_least_one_validation_case() -> None:
-    # Find a seed where hashing alone puts neither of 2 cases in validation.
+    # Seed 0: case_000 hashes to 0.82 and case_001 to 0.26, so hashing alone validates neither at 0.2;
+    # the training case nearest the validation band (case_001) moves to validation.
     cases = _cases(2)
-    seed = next(s for s in range(1000) if all(case_hash(c.case_id, s) >= 0.2 for c in cases))
-    split = split_cases(cases, val_fraction=0.2, seed=seed)
-    assert len(split.val) == 1 and len(split.train) == 1
-    assert split_cases(cases, val_fraction=0.0, seed=seed).val == []
+    assert _u("case_000", 0) > 0.8 and 0.2 < _u("case_001", 0) < 0.3
+    split = split_cases(cases, val_fraction=0.2, seed=0)
+    assert split.ids() == {"train": ["case_000"], "val": ["case_001"], "test": []}
+    assert split_cases(cases, val_fraction=0.0, seed=0).val == []
     assert len(split_cases(_cases(1), val_fraction=0.2).train) == 1  # one case: it trains
 
 
@@ -93,6 +115,19 @@ def test_kfold_validates_every_case_exactly_once(n: int, k: int) -> None:
         assert len(s.val) + len(s.train) == n and s.test == []
 
 
+def test_fold_assignment_known_answers() -> None:
+    # Fold = floor(5 u); 7 cases at seed 2 hash to folds 3 4 3 2 4 2 2, leaving folds 0 and 1 empty.
+    # Fold 0 takes from the largest fold (2) the case nearest its band centre 0.1 (case_006, u 0.503),
+    # then fold 1 the one nearest 0.3 from fold 2 again (case_003, u 0.517).
+    assignment = fold_assignment(_cases(7), 5, seed=2)
+    assert [assignment[f"case_{i:03d}"] for i in range(7)] == [3, 4, 3, 1, 4, 2, 0]
+    # 5 cases, 5 folds: one case per fold.
+    assignment = fold_assignment(_cases(5), 5, seed=2)
+    assert [assignment[f"case_{i:03d}"] for i in range(5)] == [3, 1, 0, 2, 4]
+    # Without the small-dataset rule (more folds than cases), the plain hash folds.
+    assert fold_assignment(_cases(3), 5, seed=2) == {"case_000": 3, "case_001": 4, "case_002": 3}
+
+
 def test_kfold_stable_when_cases_are_added() -> None:
     old = _cases(60)
     before = fold_assignment(old, 5, seed=0)
@@ -111,7 +146,6 @@ def test_cli_datalist_writes_the_split(tmp_path: Path) -> None:
     import json
 
     from medunet.cli import main
-    from medunet.data.layouts import load_dataset
     from medunet.io import write_nifti
 
     affine = np.eye(4)
@@ -124,9 +158,9 @@ def test_cli_datalist_writes_the_split(tmp_path: Path) -> None:
         main(["datalist", str(tmp_path), "-o", str(out), "--folds", "3", "--fold", "1", "--seed", "4"]) == 0
     )
     written = json.loads(out.read_text())
-    expected = kfold(load_dataset(tmp_path).training, 3, 1, seed=4)
-    assert [d["case_id"] for d in written["validation"]] == [c.case_id for c in expected.val]
-    assert [d["case_id"] for d in written["training"]] == [c.case_id for c in expected.train]
+    # Known answer: seed 4 puts p0..p5 in folds 0 1 0 1 1 2, so fold 1 validates p1, p3, p4.
+    assert [d["case_id"] for d in written["validation"]] == ["p1", "p3", "p4"]
+    assert [d["case_id"] for d in written["training"]] == ["p0", "p2", "p5"]
     assert written["labels"] == {"0": "background", "1": "liver"}
     assert written["training"][0]["image"].endswith(".nii.gz")
 
@@ -136,7 +170,9 @@ def test_bundle_fold_split_never_overlaps_and_covers_every_case(tmp_path: Path) 
     from medunet.data.datalist import Datalist
     from medunet.training.data import make_split
 
-    cases = [Case(f"c{i:02d}", (Path(f"/x/c{i:02d}.nii.gz"),), Path(f"/y/c{i:02d}.nii.gz")) for i in range(23)]
+    cases = [
+        Case(f"c{i:02d}", (Path(f"/x/c{i:02d}.nii.gz"),), Path(f"/y/c{i:02d}.nii.gz")) for i in range(23)
+    ]
     dl = Datalist("d", tmp_path, {0: "background", 1: "a"}, {0: "CT"}, training=cases)
     seen: list[str] = []
     for k in range(5):

@@ -207,5 +207,5 @@ def test_conformance_with_dcm2niix(
     record_property("value_diff", value_diff)
     record_property("affine_diff_mm", affine_diff)
     assert value_diff == 0.0
-    assert affine_diff <= 0.05
-    np.testing.assert_allclose(vol.spacing, ref_img.header.get_zooms()[:3], atol=0.05)
+    assert affine_diff <= 1e-4  # the README promise (worst of 60 volumes measured: 1.6e-5 mm)
+    np.testing.assert_allclose(vol.spacing, ref_img.header.get_zooms()[:3], atol=1e-4)

@@ -419,8 +419,13 @@ def _missing_decoder(tmp: Path) -> tuple[Path, str]:
 CASES["dicom-missing-decoder"] = _missing_decoder
 
 
-def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 100, len(CASES)
+#: The corpus size the README states ("a generated corpus of N malformed inputs"): a case added or
+#: removed must update both.
+CORPUS_SIZE = 115
+
+
+def test_corpus_size_is_the_documented_one() -> None:
+    assert len(CASES) == CORPUS_SIZE, len(CASES)
 
 
 @pytest.mark.timeout(10)

@@ -2,7 +2,9 @@
 
 Each kill must leave a complete, loadable checkpoint to resume from, and the resumed run must end
 with the same weights as an uninterrupted run with the same seed. CPU, no data-loader workers and
-per-epoch reseeded augmentation make this exact: the tolerance is 0 (``torch.equal``).
+per-epoch reseeded augmentation make this exact: the tolerance is 0 (``torch.equal``). A kill inside a
+write is timed by ``held_checkpoint_run.py``, which monkeypatches a pause into the checkpoint writer of
+the killed process (medunet itself has no test hook).
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ import torch
 from tiny_data import BUNDLE, bundle_cli_args, make_tiny_ct_dataset, run_bundle
 
 from medunet.training import find_resume_checkpoint, is_valid_checkpoint, load_checkpoint
-from medunet.training.checkpoint import TEST_PAUSE_ENV
 
 EPOCHS = 4
+HELD_RUN = Path(__file__).with_name("held_checkpoint_run.py")
 
 
-def _command(dataset: Path, out: Path, **overrides: object) -> list[str]:
-    return [
-        sys.executable, "-m", "monai.bundle", "run", "training",
+def _command(
+    dataset: Path, out: Path, hold: tuple[str, str, Path] | None = None, **overrides: object
+) -> list[str]:
+    """The bundle's training command; with ``hold = (mode, file, marker)`` one checkpoint write pauses
+    60 s at the ``mode`` point and ``marker`` appears when it does (see ``held_checkpoint_run.py``)."""
+    bundle = [
+        "run", "training",
         "--config_file", str(BUNDLE / "train.json"), "--meta_file", str(BUNDLE / "metadata.json"),
         *bundle_cli_args(dataset, out, max_epochs=EPOCHS, val_interval=2, **overrides),
     ]  # fmt: skip
+    if hold is None:
+        return [sys.executable, "-m", "monai.bundle", *bundle]
+    mode, name, marker = hold
+    return [sys.executable, str(HELD_RUN), mode, name, "60", str(marker), "--", *bundle]
 
 
 def _run(dataset: Path, out: Path, **overrides: object) -> None:
@@ -37,10 +47,10 @@ def _run(dataset: Path, out: Path, **overrides: object) -> None:
     run_bundle(dataset, out, max_epochs=EPOCHS, val_interval=2, **overrides)
 
 
-def _kill_when(dataset: Path, out: Path, ready, env: dict[str, str] | None = None) -> None:
+def _kill_when(dataset: Path, out: Path, ready, hold: tuple[str, str, Path] | None = None) -> None:
     """Start a run and SIGKILL it as soon as ``ready(out)`` is true."""
     proc = subprocess.Popen(
-        _command(dataset, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        _command(dataset, out, hold), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.monotonic() + 240
@@ -79,12 +89,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 
     # 2) Killed inside the write of epoch 3's checkpoint: payload on disk, checksum not yet written.
     run = tmp_path / "killed_in_write"
-    env = {**os.environ, TEST_PAUSE_ENV: "epoch_0003.pt:60"}
-    _kill_when(
-        data, run,
-        lambda out: (out / "epoch_0003.pt").is_file() and not (out / "epoch_0003.pt.sha256").is_file(),
-        env=env,
-    )  # fmt: skip
+    marker = tmp_path / "held_epoch_0003"
+    _kill_when(data, run, lambda out: marker.is_file(), hold=("before-checksum", "epoch_0003.pt", marker))
+    assert (run / "epoch_0003.pt").is_file() and not (run / "epoch_0003.pt.sha256").is_file()
     assert not is_valid_checkpoint(run / "epoch_0003.pt")  # the damaged one is refused...
     path, state = find_resume_checkpoint(run)  # ...and resume finds the newest complete one
     assert state["epoch"] == 2 and is_valid_checkpoint(path)
@@ -100,8 +107,9 @@ def test_kill_during_first_checkpoint_write_restarts_cleanly(tmp_path):
     reference = tmp_path / "reference"
     _run(data, reference)
     run = tmp_path / "run"
-    env = {**os.environ, TEST_PAUSE_ENV: "epoch_0001.pt:60"}
-    _kill_when(data, run, lambda out: (out / "epoch_0001.pt").is_file(), env=env)
+    marker = tmp_path / "held_epoch_0001"
+    _kill_when(data, run, lambda out: marker.is_file(), hold=("before-checksum", "epoch_0001.pt", marker))
+    assert (run / "epoch_0001.pt").is_file()
     assert find_resume_checkpoint(run) is None
     _run(data, run, resume=True)
     assert _same(_weights(run / "last.pt"), _weights(reference / "last.pt"))
