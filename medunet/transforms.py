@@ -55,6 +55,7 @@ from monai.transforms import (
     Transform,
 )
 
+from medunet.io.monai_reader import DicomSeriesReader
 from medunet.plans import Plans
 
 IMAGE, LABEL = "image", "label"
@@ -98,8 +99,10 @@ def preprocessing(
 ) -> list:
     """Deterministic chain: load, RAS, resample, crop to the body, normalise (``keys[0]`` is the image)."""
     keys = tuple(keys)
+    load = LoadImaged(keys, image_only=True, ensure_channel_first=False)
+    load.register(DicomSeriesReader())  # a directory is a DICOM series; identity stays out of the metadata
     chain: list = [
-        LoadImaged(keys, image_only=True, ensure_channel_first=False),
+        load,
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
         Spacingd(keys, pixdim=plans.target_spacing, mode=("bilinear", "nearest")[: len(keys)]),

@@ -770,6 +770,19 @@ def load_dataset(
 # ---------------------------------------------------------------------------------------------- hashing
 
 
+def _content_digest(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, or of a DICOM series directory (every file, in path order)."""
+    if not path.is_dir():
+        with path.open("rb") as fh:
+            return path.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()
+    inner, size = hashlib.sha256(), 0
+    for member in sorted(p for p in path.rglob("*") if p.is_file()):
+        file_size, digest = _content_digest(member)
+        inner.update(f"{member.relative_to(path).as_posix()}\0{file_size}\0{digest}\n".encode())
+        size += file_size
+    return size, inner.hexdigest()
+
+
 def dataset_hash(datalist: Datalist) -> str:
     """A content hash of a dataset: label names, modalities, and every file's name, size and bytes.
 
@@ -790,9 +803,7 @@ def dataset_hash(datalist: Datalist) -> str:
                 except ValueError:
                     rel = file.name
                 try:
-                    with file.open("rb") as fh:
-                        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-                    size = file.stat().st_size
+                    size, digest = _content_digest(file)
                 except OSError as exc:
                     raise DatasetError(file, f"cannot read for hashing ({exc.strerror or exc})") from None
                 outer.update(f"{rel}\0{size}\0{digest}\n".encode())

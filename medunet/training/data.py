@@ -18,6 +18,7 @@ from medunet.data.layouts import load_dataset
 from medunet.data.splits import Split, case_hash, kfold, split_cases
 from medunet.errors import DatasetError, GeometryMismatchError, InvalidImageError, MedunetError
 from medunet.io.atomic import atomic_write_text
+from medunet.io.monai_reader import header_grid
 from medunet.io.nifti import is_nifti
 from medunet.io.volume import lps_to_ras_affine, max_corner_distance
 from medunet.plans import Plans
@@ -120,7 +121,14 @@ def read_split(output_dir: str | Path, datalist: Datalist, which: str = "test") 
 
 
 def _header_grid(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape and RAS affine from the file header only (no voxel data is read)."""
+    """Shape and RAS affine from the file header only (no voxel data is read; a DICOM series is read)."""
+    if path.is_dir():
+        try:
+            return header_grid(path)
+        except MedunetError:
+            raise
+        except Exception as exc:  # pydicom raises many types for a broken file
+            raise InvalidImageError(path, f"unreadable DICOM series ({type(exc).__name__}: {exc})") from None
     if not path.is_file():
         raise InvalidImageError(path, "file does not exist")
     try:
