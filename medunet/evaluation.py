@@ -222,11 +222,17 @@ def infer(
     device: str = "auto",
     largest_component: bool = False,
     tta: bool | str | None = None,
+    rtstruct: bool | str = False,
 ) -> BatchReport:
     """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid).
 
+    A DICOM series input also gets ``<case>_seg.dcm`` (DICOM SEG) and, with ``rtstruct``,
+    ``<case>_rtstruct.dcm`` (RT Structure Set), both referencing the source series.
     ``checkpoint`` may be a list: the models are ensembled (class probabilities averaged).
     """
+    from medunet.export.case import write_derived_dicom
+
+    rtstruct = as_bool(rtstruct, "rtstruct")
     predictor = _predictor(
         checkpoint,
         device,
@@ -239,9 +245,19 @@ def infer(
         try:
             volume = read_image(path)
             pred = predictor.predict(volume)
+            name = case_name(path)
             out = write_nifti(
-                Path(output_dir) / f"{case_name(path)}_seg.nii.gz", pred.labels, pred.affine, dtype=np.uint8
+                Path(output_dir) / f"{name}_seg.nii.gz", pred.labels, pred.affine, dtype=np.uint8
             )
+            if path.is_dir():
+                write_derived_dicom(
+                    Path(output_dir) / f"{name}_seg.dcm",
+                    Path(output_dir) / f"{name}_rtstruct.dcm" if rtstruct else None,
+                    pred.labels,
+                    volume,
+                    pred.label_names,
+                    description=f"medunet {name}",
+                )
         except MedunetError as exc:
             logger.error("%s", exc)
             report.failures.append((str(path), exc.problem))

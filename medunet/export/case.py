@@ -85,6 +85,47 @@ def _object_uids(seed: str | None, kind: str) -> dict[str, str]:
     }
 
 
+def write_derived_dicom(
+    seg_path: Path,
+    rtstruct_path: Path | None,
+    labels: np.ndarray,
+    volume: Volume,
+    names: dict[int, str],
+    *,
+    description: str,
+    uid_seed: str | None = None,
+) -> list[Path]:
+    """Write the DICOM SEG (and, with ``rtstruct_path``, the RT Structure Set) of a label map predicted
+    for the DICOM series ``volume`` was read from; both reference its instances and frame of reference.
+    Returns the paths written."""
+    from medunet.export.dicom_seg import write_dicom_seg
+    from medunet.export.rtstruct import write_rtstruct
+
+    colors = label_colors(names)
+    source_files = list(volume.meta.get("source_files", []))  # type: ignore[call-overload]
+    if not source_files:
+        raise ValueError(f"{volume.source}: not read from a DICOM series; no SEG/RTSTRUCT can reference it")
+    written = []
+    for writer, path, kind in (
+        (write_dicom_seg, seg_path, "SEG"),
+        (write_rtstruct, rtstruct_path, "RTSTRUCT"),
+    ):
+        if path is None:
+            continue
+        writer(
+            path,
+            labels,
+            volume.affine,
+            source_files,
+            names,
+            colors=colors,
+            series_description=description[:64],
+            **_object_uids(uid_seed, kind),
+        )
+        written.append(path)
+    return written
+
+
 def write_case(
     output_dir: str | Path,
     name: str,
@@ -179,34 +220,16 @@ def _write_files(
         write_nifti(tmp / "uncertainty.nii.gz", prediction.uncertainty.astype(np.float32), volume.affine)
         files["uncertainty.nii.gz"] = True
     if is_dicom:
-        from medunet.export.dicom_seg import write_dicom_seg
-
-        source_files = list(volume.meta.get("source_files", []))  # type: ignore[call-overload]
-        write_dicom_seg(
+        written = write_derived_dicom(
             tmp / "segmentation.dcm",
+            tmp / RTSTRUCT if rtstruct else None,
             labels,
-            volume.affine,
-            source_files,
+            volume,
             names,
-            colors=colors,
-            series_description=f"medunet {name}"[:64],
-            **_object_uids(uid_seed, "SEG"),
+            description=f"medunet {name}",
+            uid_seed=uid_seed,
         )
-        files["segmentation.dcm"] = True
-        if rtstruct:
-            from medunet.export.rtstruct import write_rtstruct
-
-            write_rtstruct(
-                tmp / RTSTRUCT,
-                labels,
-                volume.affine,
-                source_files,
-                names,
-                colors=colors,
-                series_description=f"medunet {name}"[:64],
-                **_object_uids(uid_seed, "RTSTRUCT"),
-            )
-            files[RTSTRUCT] = True
+        files.update(dict.fromkeys((p.name for p in written), True))
     elif rtstruct:
         logger.warning("%s: no RTSTRUCT written: it needs a DICOM source series to reference", name)
     write_label_file(tmp / "labels.txt", names, colors)

@@ -229,3 +229,56 @@ def test_dataset_hash_covers_the_files_of_a_series_folder(
     data[-1] ^= 0xFF  # one pixel byte
     slice_file.write_bytes(bytes(data))
     assert dataset_hash(load_dataset(copy)) != before
+
+
+def test_bundle_inference_writes_seg_and_rtstruct_for_dicom_series(
+    trained: tuple[Path, Path, list[str]], tmp_path: Path
+) -> None:
+    """``monai.bundle run inference ... --rtstruct true`` on a folder of series: per series a NIfTI mask,
+    a DICOM SEG and an RTSTRUCT referencing that series, valid for dciodvfy where it is installed."""
+    from dicom_checks import DCIODVFY, dciodvfy_errors
+
+    dataset, run, _ = trained
+    out = tmp_path / "pred"
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "inference",
+        "--config_file",
+        str(BUNDLE / "inference.json"),
+        "--meta_file",
+        str(BUNDLE / "metadata.json"),
+        "--checkpoint",
+        str(run / "best.pt"),
+        "--input",
+        str(dataset / "dicom"),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--rtstruct",
+        "true",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = [f"case_{i:03d}" for i in range(4)]
+    expected = {f"{c}_{kind}" for c in cases for kind in ("seg.nii.gz", "seg.dcm", "rtstruct.dcm")}
+    assert {p.name for p in out.iterdir()} == expected
+    for case in cases:
+        source = pydicom.dcmread(next((dataset / "dicom" / case).iterdir()), stop_before_pixels=True)
+        seg = pydicom.dcmread(out / f"{case}_seg.dcm")
+        rt = pydicom.dcmread(out / f"{case}_rtstruct.dcm")
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+        assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+        frame = rt.ReferencedFrameOfReferenceSequence[0]
+        assert frame.FrameOfReferenceUID == source.FrameOfReferenceUID
+        series = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == source.SeriesInstanceUID
+        rois = {r.ROIName for r in rt.StructureSetROISequence}
+        assert rois and rois <= {"liver", "left_kidney", "right_kidney"}
+        assert seg.PatientID == rt.PatientID == PLANTED["PatientID"]
+        if DCIODVFY is not None:
+            assert dciodvfy_errors(out / f"{case}_seg.dcm") == []
+            assert dciodvfy_errors(out / f"{case}_rtstruct.dcm") == []
