@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ TARGET_VALIDATIONS = 5
 MAX_VALIDATION_FRACTION = 0.15
 #: Iterations timed after 2 untimed warm-up iterations.
 TIMED_ITERATIONS = 5
+#: Smallest change of the planned epochs (as a fraction of the plan) for which a run re-plans.
+REPLAN_MIN_FRACTION = 0.1
 #: Fraction of the budget kept free for what the measurement cannot see (loader hiccups, GC, load).
 SAFETY_FRACTION = 0.05
 
@@ -313,20 +315,77 @@ def _broadcast(schedule: Schedule, env: TrainingEnv) -> Schedule:
     return Schedule.from_dict(box[0])  # type: ignore[arg-type]
 
 
-class TimeBudgetGuard:
-    """Stop training once the wall clock passes the budget (a safety net behind the plan)."""
+def replan_epochs(
+    epoch: int,
+    budget_s: float,
+    elapsed_s: float,
+    s_per_epoch: float,
+    s_per_validation: float,
+    val_interval: int,
+    cap: int | None = None,
+) -> int:
+    """Total epochs that fit the budget, seen from the end of ``epoch`` at ``elapsed_s``. Pure.
 
-    def __init__(self, schedule: Schedule, env: TrainingEnv) -> None:
+    Each further epoch costs ``s_per_epoch``; validations come every ``val_interval`` epochs and after
+    the last; one more validation-sized pass is kept for the closing post-processing choice. At least
+    one more epoch (the guard stops a run that then overruns), at most ``cap``.
+    """
+    usable = budget_s * (1.0 - SAFETY_FRACTION) - elapsed_s - s_per_validation
+    interval = max(1, int(val_interval))
+    extra = 0
+    while cap is None or epoch + extra < cap:
+        end = epoch + extra + 1
+        validations = sum(1 for e in range(epoch + 1, end + 1) if e % interval == 0)
+        validations += 0 if end % interval == 0 else 1
+        if (extra + 1) * s_per_epoch + validations * s_per_validation > usable:
+            break
+        extra += 1
+    return epoch + max(1, extra)
+
+
+class TimeBudgetGuard:
+    """Keep a budgeted run inside its budget and make it use the budget.
+
+    The plan is made from a few iterations timed at the start; a machine that was busy then (or gets
+    busy later) makes it wrong. After every epoch the guard measures the real pace (training time per
+    epoch, checkpoint and loader overhead, validation time) and re-plans the number of epochs when it
+    differs by at least :data:`REPLAN_MIN_FRACTION` of the plan: shorter at any time, longer only in the
+    first half of the run (later the extended cosine would raise the learning rate again). The LR
+    schedule is stretched or shrunk with it (``lr_scheduler``) and ``schedule.json`` rewritten, so a
+    resumed run continues the new plan. As a safety net it stops a run once the wall clock passes the
+    budget. Without ``lr_scheduler`` it only stops (no re-planning).
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        env: TrainingEnv,
+        lr_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
+        output_dir: str | Path | None = None,
+    ) -> None:
         self.schedule = schedule
         self.env = env
+        self.lr_scheduler = lr_scheduler
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self._epoch_started: float | None = None
+        self._last_iteration: float | None = None
+        self._last_epoch_end: float | None = None
+        self._train_s: list[float] = []
+        self._overhead_s: list[float] = []
+        self._validation_s: float | None = None
 
     def attach(self, engine: Engine) -> None:
-        if self.schedule.time_budget_min:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if not self.schedule.time_budget_min:
+            return
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        if self.lr_scheduler is not None:
+            engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_start)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._replan)
 
     def __call__(self, engine: Engine) -> None:
+        self._last_iteration = self.env.elapsed_s()
         budget_s = float(self.schedule.time_budget_min or 0) * 60
-        if budget_s and self.env.elapsed_s() > budget_s:
+        if budget_s and self._last_iteration > budget_s:
             logger.warning(
                 "time budget of %.1f min reached at epoch %d iteration %d: stopping",
                 budget_s / 60,
@@ -334,3 +393,64 @@ class TimeBudgetGuard:
                 engine.state.iteration,
             )
             engine.terminate()
+
+    def _epoch_start(self, engine: Engine) -> None:
+        now = self.env.elapsed_s()
+        if self._last_epoch_end is not None:  # checkpoint writing, loader restart, other handlers
+            self._overhead_s.append(max(0.0, now - self._last_epoch_end))
+        self._epoch_started = now
+
+    def _replan(self, engine: Engine) -> None:
+        now = self.env.elapsed_s()
+        started, last_iteration = self._epoch_started, self._last_iteration
+        self._last_epoch_end = now
+        if started is None or last_iteration is None or last_iteration < started:
+            return
+        self._train_s.append(last_iteration - started)
+        epoch, planned = int(engine.state.epoch), int(engine.state.max_epochs)
+        interval = max(1, self.schedule.val_interval)
+        if epoch % interval == 0 or epoch == planned:  # validation ran in this epoch's handlers
+            self._validation_s = max(0.0, now - last_iteration)
+        if epoch >= planned or engine.should_terminate or len(self._train_s) < 2:
+            return  # one epoch (with the loader warming up) is too little to judge the pace
+        s_epoch = float(np.median(self._train_s[-3:]))
+        s_epoch += float(np.median(self._overhead_s[-3:])) if self._overhead_s else 0.0
+        s_val = self._validation_s if self._validation_s is not None else self.schedule.seconds_per_validation
+        budget_s = float(self.schedule.time_budget_min or 0) * 60
+        new = replan_epochs(
+            epoch, budget_s, now, s_epoch, s_val or 0.0, interval, self.schedule.requested_max_epochs
+        )
+        new = self._agree(new)
+        if abs(new - planned) < max(1, math.ceil(REPLAN_MIN_FRACTION * planned)):
+            return
+        if new > planned and epoch > planned / 2:
+            return
+        self._apply(engine, epoch, planned, new, s_epoch, s_val or 0.0)
+
+    def _agree(self, epochs: int) -> int:
+        """Every rank takes rank 0's number (their clocks differ slightly)."""
+        if not self.env.distributed:
+            return epochs
+        import torch.distributed as dist
+
+        box = [epochs]
+        dist.broadcast_object_list(box, src=0)
+        return int(box[0])
+
+    def _apply(
+        self, engine: Engine, epoch: int, planned: int, new: int, s_epoch: float, s_val: float
+    ) -> None:
+        engine.state.max_epochs = new
+        steps = self.schedule.steps_per_epoch
+        for fn in self.lr_scheduler.lr_lambdas if self.lr_scheduler is not None else []:
+            if hasattr(fn, "total_steps"):
+                fn.total_steps = max(getattr(fn, "warmup_steps", 0) + 1, new * steps)
+        reason = (
+            f"re-planned after epoch {epoch} at {self.env.elapsed_s() / 60:.1f} min: measured "
+            f"{s_epoch:.1f} s/epoch and {s_val:.1f} s/validation -> {new} epochs (was {planned})"
+        )
+        logger.info("schedule: %s", reason)
+        self.schedule = replace(self.schedule, max_epochs=new, reason=f"{self.schedule.reason}; {reason}")
+        if self.output_dir is not None and self.env.is_main:
+            path = self.output_dir / "schedule.json"
+            atomic_write_text(path, json.dumps(self.schedule.to_dict(), indent=2) + "\n")

@@ -158,3 +158,81 @@ def test_warmup_is_capped_at_a_tenth_of_a_short_run() -> None:
     long = lambdas(150, 10)
     assert long[19] < 1.0 and long[20] == pytest.approx(1.0)
     assert long[-1] == pytest.approx(0.01, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------ re-planning
+
+
+def test_replan_epochs_fits_the_remaining_budget_exactly() -> None:
+    from medunet.training.schedule import replan_epochs
+
+    # usable after epoch 2: 1000 * 0.95 - 200 elapsed - 20 closing pass = 730 s. 13 more epochs cost
+    # 650 s + validations at 5, 10, 15 (60 s) = 710 s; 14 more cost 700 + 4 x 20 = 780 s.
+    assert replan_epochs(2, 1000, 200, 50, 20, 5) == 15
+    assert replan_epochs(2, 1000, 200, 50, 20, 5, cap=10) == 10
+    assert replan_epochs(2, 1000, 990, 50, 20, 5) == 3  # nothing fits: one more, the guard stops it
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.distributed = False
+        self.is_main = True
+
+    def elapsed_s(self) -> float:
+        return self.t
+
+
+def _budgeted_run(tmp_path: Path, s_per_iteration: float, planned: int = 10) -> tuple:
+    """A real ignite run of 4 iterations/epoch on a fake clock, planned for 2 s/iteration and 3 s per
+    validation (every 5 epochs) in a 2-minute budget; each iteration really takes ``s_per_iteration``."""
+    from ignite.engine import Engine, Events
+
+    from medunet.training.components import build_scheduler
+    from medunet.training.schedule import Schedule, TimeBudgetGuard
+
+    clock = _Clock()
+    schedule = Schedule(planned, 5, 4, time_budget_min=2.0, seconds_per_validation=3.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    lr_scheduler = build_scheduler(optimizer, planned, 4, warmup_epochs=0)
+
+    def step(engine: Engine, batch: int) -> None:
+        clock.t += s_per_iteration
+
+    engine = Engine(step)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def validate(engine: Engine) -> None:  # stands for the ValidationHandler, attached before the guard
+        if engine.state.epoch % 5 == 0 or engine.state.epoch == engine.state.max_epochs:
+            clock.t += 3.0
+
+    guard = TimeBudgetGuard(schedule, clock, lr_scheduler, tmp_path)  # type: ignore[arg-type]
+    guard.attach(engine)
+    engine.run(range(4), max_epochs=planned)
+    return engine, clock, lr_scheduler.lr_lambdas[0]
+
+
+def test_guard_lengthens_a_run_planned_on_a_busy_machine(tmp_path: Path) -> None:
+    """Planned at 2 s/iteration, running at 1 s: the run grows to fill the budget, LR schedule with it."""
+    engine, clock, lr_fn = _budgeted_run(tmp_path, 1.0)
+    saved = json.loads((tmp_path / "schedule.json").read_text())
+    assert engine.state.epoch == engine.state.max_epochs == saved["max_epochs"]
+    assert engine.state.epoch > 20  # 114 s usable at ~4 s/epoch (not the 10 epochs planned)
+    assert lr_fn.total_steps == 4 * engine.state.max_epochs  # the cosine ends where the run ends
+    assert clock.t <= 120 * 0.95  # and the run stays inside the budget, closing pass reserved
+    assert "re-planned after epoch 2" in saved["reason"]
+
+
+def test_guard_shortens_a_run_that_would_overrun(tmp_path: Path) -> None:
+    """Running at 4 s/iteration (16 s/epoch): fewer epochs, finished inside the budget, not cut off."""
+    engine, clock, lr_fn = _budgeted_run(tmp_path, 4.0)
+    assert engine.state.epoch == engine.state.max_epochs < 10
+    assert lr_fn.total_steps == 4 * engine.state.max_epochs
+    assert clock.t <= 120
+
+
+def test_guard_keeps_a_plan_that_matches_the_pace(tmp_path: Path) -> None:
+    """Within the 10 % hysteresis nothing moves and schedule.json is not rewritten."""
+    engine, _, lr_fn = _budgeted_run(tmp_path, 2.6, planned=10)
+    assert engine.state.max_epochs == 10 and lr_fn.total_steps == 40
+    assert not (tmp_path / "schedule.json").exists()
