@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -19,8 +19,11 @@ from medunet.data.datalist import Case, Datalist
 from medunet.errors import DatasetError, MedunetError
 from medunet.io import is_nifti, read_image, write_nifti
 from medunet.io.volume import Volume
-from medunet.metrics import MetricsTable, organ_metrics
+from medunet.metrics import MetricsTable, OrganScore, organ_metrics
 from medunet.progress import progress
+
+if TYPE_CHECKING:
+    from medunet.inference import Predictor
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,47 @@ def evaluation_cases(
     return cases
 
 
+@dataclass
+class CaseScore:
+    """One evaluated case: per-organ scores, the organs it does not annotate, the saved prediction."""
+
+    scores: dict[str, OrganScore]
+    unannotated: list[str]
+    output: Path | None = None
+
+
+def score_case(
+    predictor: Predictor, case: Case, labels: dict[int, str], output_dir: Path, save_predictions: bool
+) -> CaseScore:
+    """Segment one labelled case and score it on its grid (a bad case raises ``MedunetError``)."""
+    image = _read_case_image(case)
+    ref = read_image(case.label)  # type: ignore[arg-type]
+    if not image.same_grid(ref, atol_mm=0.01):
+        raise MedunetError(case.label, "label is not on the image grid")
+    pred = predictor.predict(image)
+    scored = {k: v for k, v in labels.items() if case.is_annotated(k)}
+    unannotated = [v for k, v in sorted(labels.items()) if k not in scored]
+    scores = organ_metrics(pred.labels, np.asarray(ref.array), scored, ref.spacing)
+    output = None
+    if save_predictions:
+        output = write_nifti(
+            output_dir / "predictions" / f"{case.case_id}_seg.nii.gz",
+            pred.labels,
+            pred.affine,
+            dtype=np.uint8,
+        )
+    return CaseScore(dict(scores), unannotated, output)
+
+
+def _score_or_error(
+    predictor: Predictor, case: Case, labels: dict[int, str], output_dir: Path, save_predictions: bool
+) -> CaseScore | str:
+    try:
+        return score_case(predictor, case, labels, output_dir, save_predictions)
+    except MedunetError as exc:
+        return str(exc)
+
+
 def evaluate(
     checkpoint: str | Path,
     cases: list[Case],
@@ -98,45 +142,56 @@ def evaluate(
     save_predictions: bool = False,
     largest_component: bool = False,
     tta: bool | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Segment every case, score it on its original grid, write ``per_case.csv`` and ``summary.json``.
 
     Organs a case does not annotate (partially contoured data) are left out of its scores and counted.
+    ``ray`` (``"local"``, ``"auto"`` or a cluster address) scores the cases on a pool of ``workers`` Ray
+    actors that each load the model once (:func:`medunet.scale.ray_runner.score_on_ray`); the files
+    are the same as a local run's.
 
     Returns the summary (per organ: mean/std of Dice, HD95 mm, surface Dice; ``n_empty_ref``,
     ``n_empty_pred``; and ``"mean"`` over organs).
     """
     output_dir = Path(output_dir)
-    predictor = _predictor(checkpoint, device, largest_component=largest_component, tta=tta)
     table = MetricsTable()
     report = BatchReport()
-    for case in progress(cases, desc="evaluating", total=len(cases)):
-        try:
-            image = _read_case_image(case)
-            ref = read_image(case.label)  # type: ignore[arg-type]
-            if not image.same_grid(ref, atol_mm=0.01):
-                raise MedunetError(case.label, "label is not on the image grid")
-            pred = predictor.predict(image)
-        except MedunetError as exc:
-            logger.error("case %s: %s", case.case_id, exc)
-            report.failures.append((case.case_id, str(exc)))
-            continue
-        scored = {k: v for k, v in labels.items() if case.is_annotated(k)}
-        unannotated = [v for k, v in sorted(labels.items()) if k not in scored]
-        scores = organ_metrics(pred.labels, np.asarray(ref.array), scored, ref.spacing)
-        table.add(case.case_id, scores, unannotated=unannotated)
-        logger.info(
-            "%s: %s", case.case_id, ", ".join(f"{o} {s.dice:.3f}/{s.hd95:.1f}mm" for o, s in scores.items())
+    predictor = None
+    if ray is None:
+        predictor = _predictor(checkpoint, device, largest_component=largest_component, tta=tta)
+        results = (
+            (case, _score_or_error(predictor, case, labels, output_dir, save_predictions))
+            for case in progress(cases, desc="evaluating", total=len(cases))
         )
-        if save_predictions:
-            report.outputs.append(
-                write_nifti(
-                    output_dir / "predictions" / f"{case.case_id}_seg.nii.gz",
-                    pred.labels,
-                    pred.affine,
-                    dtype=np.uint8,
-                )
-            )
+    else:
+        from medunet.scale.ray_runner import score_on_ray
+
+        results = score_on_ray(
+            checkpoint,
+            cases,
+            labels,
+            output_dir,
+            address=ray,
+            workers=workers,
+            device=device,
+            predictor_kwargs={"largest_component": largest_component, "tta": tta},
+            save_predictions=save_predictions,
+        )
+    for case, result in results:
+        if isinstance(result, str):
+            logger.error("case %s: %s", case.case_id, result)
+            report.failures.append((case.case_id, result))
+            continue
+        table.add(case.case_id, result.scores, unannotated=result.unannotated)
+        logger.info(
+            "%s: %s",
+            case.case_id,
+            ", ".join(f"{o} {s.dice:.3f}/{s.hd95:.1f}mm" for o, s in result.scores.items()),
+        )
+        if result.output is not None:
+            report.outputs.append(result.output)
     table.write_csv(output_dir / "per_case.csv")
     table.write_summary_json(output_dir / "summary.json")
     summary = table.summary()
@@ -162,8 +217,13 @@ def evaluate_run(
     save_predictions: bool = False,
     largest_component: bool = False,
     tta: bool | str | None = None,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict:
-    """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`."""
+    """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`.
+
+    ``ray`` / ``workers``: score the cases on Ray actors (see :func:`evaluate`; ``null``: locally).
+    """
     from medunet.training.data import resolve_dataset
 
     datalist = resolve_dataset(dataset_dir)
@@ -179,6 +239,8 @@ def evaluate_run(
         save_predictions=save_predictions,
         largest_component=largest_component,
         tta=None if tta in (None, "auto") else as_bool(tta, "tta"),
+        ray=ray or None,
+        workers=None if workers in (None, "") else int(workers),
     )
 
 

@@ -21,6 +21,14 @@ def progress(
     yield from tqdm(iterable, desc=desc, total=total, disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
+def progress_bar(*, desc: str, total: int, unit: str = "it", disable: bool | None = None) -> tqdm:
+    """A bar updated by hand (``bar.update(1)``, ``bar.set_postfix_str(...)``, ``bar.close()``), for work
+    whose items finish out of order (e.g. cases on a pool of workers); same display rules as :func:`progress`."""
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    return tqdm(desc=desc, total=total, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+
 def setup_logging(level: int | str = logging.INFO) -> None:
     """Configure root logging for command-line use (library code only creates module loggers)."""
     logging.basicConfig(

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from medunet.errors import ConfigError, MedunetError
 from medunet.progress import progress
 
 if TYPE_CHECKING:
+    from medunet.export.case import CaseResult
     from medunet.export.report import OrganStats
     from medunet.inference import Predictor
 
@@ -64,25 +66,48 @@ def _dicom_case_name(description: str, uid: str) -> str:
 
 
 def collect_cases(inputs: Sequence[Path], series: str | None) -> tuple[list[CaseInput], list[str]]:
-    """Expand inputs into cases; returns ``(cases, problems)`` (problems are per-input messages)."""
+    """Expand inputs into cases; returns ``(cases, problems)`` (problems are per-input messages).
+
+    An input is an image file, a folder of images, a DICOM folder, or a case list (``.txt`` one path per
+    line, ``.csv`` manifest with ``input[,case,series]`` columns: :mod:`medunet.scale.manifest`).
+    """
+    from medunet.scale.manifest import is_manifest, read_manifest
+
     cases: list[CaseInput] = []
     problems: list[str] = []
     for path in inputs:
-        if not path.exists():
-            problems.append(f"{path}: input does not exist")
-        elif path.is_file():
-            cases.append(CaseInput(safe_name(_stem(path)), path))
-        else:
-            images = sorted(p for p in path.iterdir() if _is_image_file(p))
-            if images:
-                cases += [CaseInput(safe_name(_stem(p)), p) for p in images]
-                continue
-            try:
-                problems += _dicom_cases(path, series, cases)
-            except MedunetError as exc:
-                problems.append(str(exc))
+        if not is_manifest(path):
+            _collect_path(path, series, cases, problems)
+            continue
+        try:
+            entries = read_manifest(path)
+        except MedunetError as exc:
+            problems.append(str(exc))
+            continue
+        for entry in entries:
+            found: list[CaseInput] = []
+            _collect_path(entry.input, entry.series or series, found, problems)
+            if entry.case and len(found) == 1:
+                found[0].name = safe_name(entry.case)
+            cases += found
     _unique_names(cases)
     return cases, problems
+
+
+def _collect_path(path: Path, series: str | None, cases: list[CaseInput], problems: list[str]) -> None:
+    if not path.exists():
+        problems.append(f"{path}: input does not exist")
+    elif path.is_file():
+        cases.append(CaseInput(safe_name(_stem(path)), path))
+    else:
+        images = sorted(p for p in path.iterdir() if _is_image_file(p))
+        if images:
+            cases += [CaseInput(safe_name(_stem(p)), p) for p in images]
+            return
+        try:
+            problems += _dicom_cases(path, series, cases)
+        except MedunetError as exc:
+            problems.append(str(exc))
 
 
 def _unique_names(cases: Sequence[CaseInput]) -> None:
@@ -157,7 +182,8 @@ class _Setup:
     options: dict[str, object]
 
 
-def _load_predictor(args: argparse.Namespace) -> _Setup:
+def load_predictor(args: argparse.Namespace) -> _Setup:
+    """Load the model(s) the options name, once per run (or once per Ray worker)."""
     from medunet.inference import Predictor
     from medunet.inference.predictor import DEFAULT_TTA
 
@@ -187,7 +213,7 @@ def _load_predictor(args: argparse.Namespace) -> _Setup:
         "fill_holes": args.fill_holes,
         "postprocessing": dict(predictor.plans.postprocessing) if args.postprocess else {},
         "resample_scores": not args.resample_labels,
-        "ensemble": [str(c) for c in checkpoints],
+        "ensemble": [str(c.resolve()) for c in checkpoints],  # the same whichever node/cwd writes it
         "overlap": predictor.overlap,
         "rtstruct": args.rtstruct,
     }
@@ -218,6 +244,66 @@ def derived_object_seed(series_uid: str, checkpoint_sha256: str | None, options:
 AfterWrite = Callable[[CaseInput, Path], None]
 
 
+def predict_one(
+    args: argparse.Namespace,
+    case: CaseInput,
+    output: Path,
+    setup: _Setup,
+    *,
+    derived_uids: bool = False,
+) -> tuple[CaseResult, dict[str, float]]:
+    """Read, predict and write one case folder (atomically); returns it and seconds per stage.
+
+    The one per-case path of ``medunet predict``: the local loop and the Ray workers
+    (:mod:`medunet.scale.ray_runner`) both call it, so their case folders are the same bytes.
+    """
+    from medunet.export.case import write_case
+    from medunet.io import read_image
+
+    predictor = setup.predictor
+    t0 = time.perf_counter()
+    if case.is_dicom:
+        from medunet.io.dicom import read_dicom_series
+
+        volume = read_dicom_series(case.path, case.series_uid)
+    else:
+        volume = read_image(case.path)
+    t1 = time.perf_counter()
+    prediction = predictor.predict(volume, uncertainty=args.uncertainty)
+    t2 = time.perf_counter()
+    seed = None
+    if derived_uids and case.is_dicom:
+        # The series key (``UID`` or ``UID#n`` when one UID holds several geometries) keeps the
+        # objects of each geometry distinct.
+        series_key = case.series_uid or str(volume.meta.get("series_instance_uid") or "")
+        seed = derived_object_seed(series_key, predictor.checkpoint_sha256, setup.options)
+    result = write_case(
+        output,
+        case.name,
+        volume,
+        prediction,
+        source=case.path,
+        is_dicom=case.is_dicom,
+        copy_image=args.copy_image,
+        checkpoint=setup.checkpoint,
+        checkpoint_sha256=predictor.checkpoint_sha256,
+        window=setup.window,
+        options=setup.options,
+        rtstruct=args.rtstruct,
+        uid_seed=seed,
+        source_uri=case.source_uri,
+    )
+    seconds = {"read": t1 - t0, "predict": t2 - t1, "write": time.perf_counter() - t2}
+    return result, seconds
+
+
+def describe_failure(case: CaseInput, exc: Exception) -> str:
+    """The failure message of one case (the same text locally, in failures.csv and in the log)."""
+    if isinstance(exc, MedunetError):
+        return f"{case.name}: {exc}"
+    return f"{case.name} ({case.path}): {type(exc).__name__}: {exc}"
+
+
 def _predict_cases(
     args: argparse.Namespace,
     cases: Sequence[CaseInput],
@@ -232,53 +318,18 @@ def _predict_cases(
     ``after_write(case, case_folder)`` runs after a case folder is complete (e.g. a PACS push); its
     MedunetError counts as that case's failure. Returns ``(stats per written case, failure messages)``.
     """
-    from medunet.export.case import write_case
-    from medunet.io import read_image
-
-    predictor = setup.predictor
     queue: dict[str, list[OrganStats]] = {}
     failures: list[str] = []
     for case in progress(cases, desc="predict", total=len(cases)):
         try:
-            if case.is_dicom:
-                from medunet.io.dicom import read_dicom_series
-
-                volume = read_dicom_series(case.path, case.series_uid)
-            else:
-                volume = read_image(case.path)
-            prediction = predictor.predict(volume, uncertainty=args.uncertainty)
-            seed = None
-            if derived_uids and case.is_dicom:
-                # The series key (``UID`` or ``UID#n`` when one UID holds several geometries) keeps the
-                # objects of each geometry distinct.
-                series_key = case.series_uid or str(volume.meta.get("series_instance_uid") or "")
-                seed = derived_object_seed(series_key, predictor.checkpoint_sha256, setup.options)
-            result = write_case(
-                output,
-                case.name,
-                volume,
-                prediction,
-                source=case.path,
-                is_dicom=case.is_dicom,
-                copy_image=args.copy_image,
-                checkpoint=setup.checkpoint,
-                checkpoint_sha256=predictor.checkpoint_sha256,
-                window=setup.window,
-                options=setup.options,
-                rtstruct=args.rtstruct,
-                uid_seed=seed,
-                source_uri=case.source_uri,
-            )
+            result, _ = predict_one(args, case, output, setup, derived_uids=derived_uids)
             queue[case.name] = result.stats
             logger.info("%s: wrote %s", case.name, result.directory)
             if after_write is not None:
                 after_write(case, result.directory)
-        except MedunetError as exc:
-            failures.append(f"{case.name}: {exc}")
-            logger.error("%s: %s", case.name, exc)
         except Exception as exc:  # one broken case must not stop the batch
-            failures.append(f"{case.name} ({case.path}): {type(exc).__name__}: {exc}")
-            logger.error("%s: unexpected %s: %s", case.name, type(exc).__name__, exc)
+            failures.append(describe_failure(case, exc))
+            logger.error("%s", failures[-1])
             logger.debug("traceback", exc_info=True)
     return queue, failures
 
@@ -307,6 +358,8 @@ def _finish(
 def run_predict(args: argparse.Namespace) -> int:
     """Handler for ``medunet predict``."""
     if args.dicomweb:
+        if args.ray is not None or args.resume:
+            raise ConfigError(None, "--ray and --resume work on --input cases, not on --dicomweb")
         return run_predict_dicomweb(args)
     if args.study or args.push:
         raise ConfigError(None, "--study and --push need --dicomweb URL")
@@ -320,7 +373,17 @@ def run_predict(args: argparse.Namespace) -> int:
         return 1
     dicom_dirs = {c.path for c in cases if c.is_dicom}
     check_output_location(output, list(dicom_dirs))
-    setup = _load_predictor(args)
+    if args.ray is not None:
+        from medunet.scale.ray_runner import run_predict_ray
+
+        return run_predict_ray(args, cases, failures, output)
+    setup = load_predictor(args)
+    if args.resume:
+        from medunet.scale.runlog import remove_stale_partials, split_complete
+
+        cases, done = split_complete(cases, output, setup.predictor.checkpoint_sha256, setup.options)
+        remove_stale_partials(output)
+        logger.info("resume: %d case(s) already complete for this model, skipped", len(done))
     logger.info(
         "predicting %d case(s) with %s on %s",
         len(cases),
@@ -353,7 +416,7 @@ def run_predict_dicomweb(args: argparse.Namespace) -> int:
     server = DicomWebServer(args.dicomweb, timeout=args.dicomweb_timeout)
     logger.info("DICOMweb server %s (%s)", server.url, server.auth)
     series = server.image_series(study, args.series)
-    setup = _load_predictor(args)
+    setup = load_predictor(args)
 
     def push_case(case: CaseInput, folder: Path) -> None:
         files = [folder / "segmentation.dcm"] if "seg" in push else []
@@ -506,4 +569,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write rtstruct.dcm, a DICOM RT Structure Set (one ROI per organ, contours per source "
         "slice) referencing the source series (DICOM input only)",
     )
+    from medunet.scale.ray_runner import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run_predict)
