@@ -12,6 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,8 +36,17 @@ from medunet.cli import main  # noqa: E402
 pytestmark = pytest.mark.xdist_group("ray")
 
 
+@pytest.fixture
+def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The runtime's session logs go to a folder of this test (short: Ray's socket paths must fit)."""
+    folder = Path(tempfile.mkdtemp(prefix="mdl", dir="/tmp"))
+    monkeypatch.setenv("RAY_TMPDIR", str(folder))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_ray_run_matches_local_run_isolates_the_corrupt_case_and_survives_a_killed_worker(
-    tmp_path: Path,
+    tmp_path: Path, ray_tmpdir: Path
 ) -> None:
     ckpt = make_checkpoint(tmp_path / "model")
     inputs = tmp_path / "in"
@@ -57,6 +69,7 @@ def test_ray_run_matches_local_run_isolates_the_corrupt_case_and_survives_a_kill
     assert len(killer.killed) == 1
     assert not ray.is_initialized()  # the runtime the command started is stopped...
     assert wait_no_new_ray_processes(before) == {}  # ...with every process of it
+    assert any(ray_tmpdir.glob("ray/session_*"))  # (and it kept its logs where it was told)
 
     cases = ["ct_0", "ct_1", "ct_2", "ct_4", "ct_5"]
     assert sorted(p.name for p in out.iterdir()) == [*cases, "failures.csv", "run.json"]  # nothing hidden
