@@ -62,11 +62,29 @@ class WarmupSchedule:
         self.warmup_steps = max(0, int(warmup_steps))
         self.total_steps = max(self.warmup_steps + 1, int(total_steps))
         self.kind = kind
+        #: Set by :meth:`retarget`: from ``anchor_step`` on, the decay goes on from ``anchor_t``.
+        self.anchor_step: int | None = None
+        self.anchor_t = 0.0
+
+    def progress(self, step: int) -> float:
+        """Where ``step`` is on the decay, 0 (peak) to 1 (end)."""
+        if self.anchor_step is not None and step >= self.anchor_step:
+            left = max(1, self.total_steps - self.anchor_step)
+            return min(1.0, self.anchor_t + (1.0 - self.anchor_t) * (step - self.anchor_step) / left)
+        return min(1.0, max(0, step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+
+    def retarget(self, step: int, total_steps: int) -> None:
+        """End the decay at ``total_steps`` instead, continuing from where ``step`` is now (no jump in
+        the learning rate: a re-planned run neither restarts nor cuts its cosine)."""
+        anchor = max(int(step), self.warmup_steps)
+        self.anchor_t = self.progress(anchor)
+        self.anchor_step = anchor
+        self.total_steps = max(anchor + 1, int(total_steps))
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / (self.warmup_steps + 1)
-        t = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        t = self.progress(step)
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * t)) * 0.99 + 0.01
         return (1.0 - t) ** 0.9 * 0.99 + 0.01

@@ -349,10 +349,9 @@ class TimeBudgetGuard:
     The plan is made from a few iterations timed at the start; a machine that was busy then (or gets
     busy later) makes it wrong. After every epoch the guard measures the real pace (training time per
     epoch, checkpoint and loader overhead, validation time) and re-plans the number of epochs when it
-    differs by at least :data:`REPLAN_MIN_FRACTION` of the plan: shorter at any time, longer only in the
-    first half of the run (later the extended cosine would raise the learning rate again). The LR
-    schedule is stretched or shrunk with it (``lr_scheduler``) and ``schedule.json`` rewritten, so a
-    resumed run continues the new plan. As a safety net it stops a run once the wall clock passes the
+    differs by at least :data:`REPLAN_MIN_FRACTION` of the plan, longer or shorter. The LR decay is
+    re-targeted to the new end from where it is (no jump; ``lr_scheduler``) and ``schedule.json``
+    rewritten, so a resumed run continues the new plan. As a safety net it stops a run once the wall clock passes the
     budget. Without ``lr_scheduler`` it only stops (no re-planning).
     """
 
@@ -423,8 +422,6 @@ class TimeBudgetGuard:
         new = self._agree(new)
         if abs(new - planned) < max(1, math.ceil(REPLAN_MIN_FRACTION * planned)):
             return
-        if new > planned and epoch > planned / 2:
-            return
         self._apply(engine, epoch, planned, new, s_epoch, s_val or 0.0)
 
     def _agree(self, epochs: int) -> int:
@@ -443,8 +440,8 @@ class TimeBudgetGuard:
         engine.state.max_epochs = new
         steps = self.schedule.steps_per_epoch
         for fn in self.lr_scheduler.lr_lambdas if self.lr_scheduler is not None else []:
-            if hasattr(fn, "total_steps"):
-                fn.total_steps = max(getattr(fn, "warmup_steps", 0) + 1, new * steps)
+            if hasattr(fn, "retarget"):
+                fn.retarget(int(engine.state.iteration), new * steps)
         reason = (
             f"re-planned after epoch {epoch} at {self.env.elapsed_s() / 60:.1f} min: measured "
             f"{s_epoch:.1f} s/epoch and {s_val:.1f} s/validation -> {new} epochs (was {planned})"

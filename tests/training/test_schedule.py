@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,9 @@ class _Clock:
         return self.t
 
 
-def _budgeted_run(tmp_path: Path, s_per_iteration: float, planned: int = 10) -> tuple:
+def _budgeted_run(
+    tmp_path: Path, s_per_iteration: float | Callable[[int], float], planned: int = 10
+) -> tuple:
     """A real ignite run of 4 iterations/epoch on a fake clock, planned for 2 s/iteration and 3 s per
     validation (every 5 epochs) in a 2-minute budget; each iteration really takes ``s_per_iteration``."""
     from ignite.engine import Engine, Events
@@ -197,7 +200,8 @@ def _budgeted_run(tmp_path: Path, s_per_iteration: float, planned: int = 10) -> 
     lr_scheduler = build_scheduler(optimizer, planned, 4, warmup_epochs=0)
 
     def step(engine: Engine, batch: int) -> None:
-        clock.t += s_per_iteration
+        pace = s_per_iteration
+        clock.t += pace(engine.state.epoch) if callable(pace) else pace
 
     engine = Engine(step)
 
@@ -236,3 +240,29 @@ def test_guard_keeps_a_plan_that_matches_the_pace(tmp_path: Path) -> None:
     engine, _, lr_fn = _budgeted_run(tmp_path, 2.6, planned=10)
     assert engine.state.max_epochs == 10 and lr_fn.total_steps == 40
     assert not (tmp_path / "schedule.json").exists()
+
+
+def test_guard_lengthens_late_when_the_machine_frees_up(tmp_path: Path) -> None:
+    """Busy (4 s/iteration) for 3 epochs, then free (1 s): the run is first shortened, then lengthened
+    again past its middle, and still ends inside the budget."""
+    engine, clock, lr_fn = _budgeted_run(tmp_path, lambda epoch: 4.0 if epoch <= 3 else 1.0)
+    saved = json.loads((tmp_path / "schedule.json").read_text())
+    assert saved["reason"].count("re-planned") >= 2
+    assert engine.state.epoch == engine.state.max_epochs > 10
+    assert clock.t <= 120
+
+
+def test_retargeted_lr_decay_continues_without_a_jump() -> None:
+    from medunet.training.components import WarmupSchedule
+
+    for new_total in (150, 70):  # lengthened, shortened
+        fn = WarmupSchedule(10, 100)
+        fn.retarget(60, new_total)
+        after = [fn(s) for s in range(60, new_total + 1)]
+        assert abs(after[0] - WarmupSchedule(10, 100)(60)) < 1e-12  # no jump at the re-plan
+        assert all(a >= b for a, b in zip(after, after[1:], strict=False))  # still decaying
+        assert after[-1] == pytest.approx(0.01)  # and ends at the floor, at the new end
+        state = dict(fn.__dict__)  # LambdaLR.state_dict() keeps these: a resumed run continues it
+        again = WarmupSchedule(10, 100)
+        again.__dict__.update(state)
+        assert again(new_total - 5) == fn(new_total - 5)
