@@ -543,7 +543,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write uncertainty.nii.gz and a review_queue.csv ranking cases x organs",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--sw-batch-size", type=int, default=4, help="sliding-window batch (default: 4)")
+    p.add_argument(
+        "--sw-batch-size",
+        type=int,
+        default=None,
+        help="sliding-window batch (default: 2 for 3D models on CPU, measured fastest there; else 4)",
+    )
     p.add_argument(
         "--overlap",
         type=float,

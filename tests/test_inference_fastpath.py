@@ -1,0 +1,98 @@
+"""The network stage at equal settings: same scores as stock MONAI, fast channel reductions, bf16 guard."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.inferers import sliding_window_inference
+from monai.networks.nets import UNet
+
+from medunet.inference import Predictor
+from medunet.inference import predictor as predictor_module
+from medunet.inference.predictor import cpu_has_bf16
+from medunet.inference.scores import channel_argmax, softmax_channels_
+from medunet.plans import Intensity, Plans
+
+
+def _plans(num_classes: int = 3, patch: int = 16) -> Plans:
+    return Plans(
+        labels={i: ("background" if i == 0 else f"organ{i}") for i in range(num_classes)},
+        target_spacing=(1.0, 1.0, 1.0),
+        patch_size=(patch,) * 3,
+        intensity=Intensity("ct_window", 0.0, 1.0),
+    )
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 5])
+def test_channel_argmax_equals_torch_argmax_including_ties(num_classes: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (num_classes, 7, 6, 5), generator=g).float()  # many ties
+    got = channel_argmax(scores, torch.uint8)
+    assert got.dtype == torch.uint8
+    assert torch.equal(got, scores.argmax(0).to(torch.uint8))
+    assert torch.equal(channel_argmax(scores, torch.int32), scores.argmax(0).to(torch.int32))
+
+
+def test_softmax_channels_in_place_equals_torch_softmax() -> None:
+    scores = torch.randn(4, 6, 5, 3) * 30  # large logits: needs the max shift
+    ref = torch.softmax(scores, 0)
+    out = softmax_channels_(scores)
+    assert out.data_ptr() == scores.data_ptr()
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+
+
+def test_single_network_blends_logits_exactly_like_stock_sliding_window() -> None:
+    """Equal settings (overlap 0.5, constant): medunet's probabilities are stock's softmax of blended logits."""
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval()
+    predictor = Predictor(net, _plans(), device="cpu", sw_batch_size=2, overlap=0.5, mode="constant")
+    x = torch.rand(1, 1, 30, 27, 20)
+    with torch.inference_mode():
+        stock = torch.softmax(
+            sliding_window_inference(x, (16, 16, 16), 2, net, overlap=0.5, mode="constant"), 1
+        )[0]
+        ours = torch.cat([p for _, p in predictor._logit_chunks(x)], dim=-1)
+    torch.testing.assert_close(ours, stock, atol=1e-6, rtol=1e-5)
+    assert predictor._averages_logits
+
+
+def test_ensemble_still_averages_probabilities() -> None:
+    torch.manual_seed(0)
+    nets = [UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval() for _ in range(2)]
+    predictor = Predictor(nets, _plans(), device="cpu", overlap=0.5, mode="constant")
+    assert not predictor._averages_logits
+    x = torch.rand(1, 1, 16, 16, 16)  # one window: the blend is the window itself
+    with torch.inference_mode():
+        ours = torch.cat([p for _, p in predictor._logit_chunks(x)], dim=-1)
+        ref = sum(torch.softmax(n(x), 1) for n in nets)[0] / 2
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse avx avx2 fma", False),  # this CI machine's kind: AVX2 only
+        ("avx2 avx512f avx512bw", False),  # AVX-512 without BF16 still emulates bf16
+        ("avx2 avx512f avx512_bf16", True),
+        ("avx2 amx_tile amx_bf16", True),
+    ],
+)
+def test_cpu_has_bf16_reads_the_flags(flags: str, native: bool) -> None:
+    assert cpu_has_bf16(flags) is native
+
+
+@pytest.mark.parametrize("amp", [None, True])
+def test_cpu_bf16_autocast_is_off_without_native_bf16(
+    monkeypatch: pytest.MonkeyPatch, amp: bool | None
+) -> None:
+    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda flags=None: False)
+    p = Predictor(torch.nn.Conv3d(1, 3, 1), _plans(), device="cpu", amp=amp)
+    assert p.amp is False and p.channels_last is False
+
+
+def test_cpu_bf16_autocast_and_channels_last_where_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predictor_module, "cpu_has_bf16", lambda flags=None: True)
+    p = Predictor(torch.nn.Conv3d(1, 3, 1), _plans(), device="cpu", amp=None)
+    assert p.amp is True and p.channels_last is True
+    assert p.net.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not Predictor(torch.nn.Conv3d(1, 3, 1), _plans(), device="cpu", amp=False).amp
