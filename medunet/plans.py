@@ -21,6 +21,13 @@ IntensityKind = Literal["ct_window", "zscore_nonzero"]
 POSTPROCESSING_STEPS = ("largest_component", "fill_holes")
 
 
+#: CT voxels above this many HU are the body (air is about -1000 HU). Training, validation and
+#: inference all crop a CT to the bounding box of these voxels, so the network sees the same field of
+#: view in all three; a crop at the window's lower bound instead cut everything below it (fat, or the
+#: whole body when the window starts above soft tissue) out of training only.
+BODY_HU = -500.0
+
+
 @dataclass(frozen=True)
 class Intensity:
     """Intensity normalisation. CT: clip to ``[a_min, a_max]`` HU and scale to ``[0, 1]``.

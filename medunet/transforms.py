@@ -56,7 +56,7 @@ from monai.transforms import (
 )
 
 from medunet.io.monai_reader import DicomSeriesReader
-from medunet.plans import Plans
+from medunet.plans import BODY_HU, Plans
 
 IMAGE, LABEL = "image", "label"
 INDICES = "label_cls_indices"
@@ -97,7 +97,11 @@ class Augmentation:
 def preprocessing(
     plans: Plans, keys: Sequence[str] = (IMAGE, LABEL), *, crop_foreground: bool = True
 ) -> list:
-    """Deterministic chain: load, RAS, resample, crop to the body, normalise (``keys[0]`` is the image)."""
+    """Deterministic chain: load, RAS, resample, crop to the body, normalise (``keys[0]`` is the image).
+
+    The body is what the Predictor crops to: CT voxels above :data:`~medunet.plans.BODY_HU`, other
+    images' non-zero voxels.
+    """
     keys = tuple(keys)
     load = LoadImaged(keys, image_only=True, ensure_channel_first=False)
     load.register(DicomSeriesReader())  # a directory is a DICOM series; identity stays out of the metadata
@@ -108,7 +112,7 @@ def preprocessing(
         Spacingd(keys, pixdim=plans.target_spacing, mode=("bilinear", "nearest")[: len(keys)]),
     ]
     if crop_foreground:
-        threshold = plans.intensity.a_min if plans.intensity.kind == "ct_window" else 0.0
+        threshold = BODY_HU if plans.intensity.kind == "ct_window" else 0.0
         chain.append(
             CropForegroundd(
                 keys,

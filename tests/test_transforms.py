@@ -62,6 +62,30 @@ def test_val_pipeline_reorients_resamples_and_windows(case):
     assert xs.mean() > lab.shape[1] / 2
 
 
+def test_training_crop_keeps_the_body_the_predictor_sees_even_below_the_window(tmp_path: Path) -> None:
+    # Soft-tissue body (40 HU) under a window starting at 95 HU (planned from bright organs): the crop
+    # used to follow the window's lower bound and cut the body down to the organ, so training saw a
+    # field of view the Predictor (body > BODY_HU) never gives it (evaluation Dice 0.66 vs 0.80).
+    image = np.full((30, 30, 12), -1000, np.int16)
+    image[3:27, 4:26, 1:11] = 40  # the body
+    image[10:16, 10:16, 4:8] = 150  # one organ inside it
+    label = (image == 150).astype(np.uint8)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab.nii.gz")
+    plans = Plans(
+        labels={0: "background", 1: "liver"},
+        target_spacing=(1.0, 1.0, 1.0),
+        patch_size=(8, 8, 8),
+        intensity=Intensity("ct_window", 95.0, 220.0),
+    )
+    out = val_transforms(plans)(
+        {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+    )
+    # The body's box (24 x 22 x 10) plus the 2-voxel margin, clipped to the volume.
+    assert tuple(out["image"].shape[1:]) == (28, 26, 12)
+    assert int(out["label"].sum()) == int(label.sum())
+
+
 @pytest.mark.parametrize("dims", [3, 2])
 def test_train_pipeline_patch_shapes(case, dims):
     plans = _plans(dims)

@@ -48,7 +48,7 @@ from medunet.inference.scores import (
     softmax_channels_,
 )
 from medunet.io.volume import Volume
-from medunet.plans import Intensity, Plans
+from medunet.plans import BODY_HU, Intensity, Plans
 from medunet.transforms import LR_AXIS
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class Predictor:
             and predict background outside it. ``None`` = on for CT-window plans, off otherwise (a
             z-score over the crop would see other statistics).
         crop_margin: margin around the foreground box, in network-grid voxels.
-        foreground_hu: CT threshold of the foreground box.
+        foreground_hu: CT threshold of the foreground box (training crops at the same value).
     """
 
     def __init__(
@@ -205,7 +205,7 @@ class Predictor:
         slice_batch_size: int = 32,
         crop_foreground: bool | None = None,
         crop_margin: int = 8,
-        foreground_hu: float = -500.0,
+        foreground_hu: float = BODY_HU,
     ) -> None:
         self.device = _resolve_device(device)
         nets = list(net) if isinstance(net, Sequence) else [net]
