@@ -7,10 +7,12 @@ and skipped; the failures are raised together at the end.
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
     from medunet.inference import Predictor
 
 logger = logging.getLogger(__name__)
+
+
+class EvaluationRecorder(Protocol):
+    """Something that records a finished evaluation (:class:`medunet.tracking.MLflowEvaluationTracker`)."""
+
+    def record(self, summary: Mapping[str, Any] | None, *, device: str | None = None) -> object: ...
 
 
 @dataclass
@@ -142,6 +150,7 @@ def evaluate(
     save_predictions: bool = False,
     largest_component: bool = False,
     tta: bool | None = None,
+    tracker: EvaluationRecorder | None = None,
     ray: str | None = None,
     workers: int | None = None,
 ) -> dict:
@@ -151,6 +160,8 @@ def evaluate(
     ``ray`` (``"local"``, ``"auto"`` or a cluster address) scores the cases on a pool of ``workers`` Ray
     actors that each load the model once (:func:`medunet.scale.ray_runner.score_on_ray`); the files
     are the same as a local run's.
+    ``tracker`` (e.g. :class:`medunet.tracking.MLflowEvaluationTracker`) records the summary and the
+    two files once they are written, also when some cases failed.
 
     Returns the summary (per organ: mean/std of Dice, HD95 mm, surface Dice; ``n_empty_ref``,
     ``n_empty_pred``; and ``"mean"`` over organs).
@@ -203,6 +214,8 @@ def evaluate(
         summary["mean"]["val_hd95_mean"],
         output_dir,
     )
+    if tracker is not None:
+        tracker.record(summary, device=str(predictor.device) if predictor is not None else device)
     report.raise_if_failed()
     return summary
 
@@ -217,16 +230,19 @@ def evaluate_run(
     save_predictions: bool = False,
     largest_component: bool = False,
     tta: bool | str | None = None,
+    tracker: EvaluationRecorder | None = None,
     ray: str | None = None,
     workers: int | None = None,
 ) -> dict:
     """The ``evaluate.json`` entry: resolve the dataset and held-out cases of a run, then :func:`evaluate`.
 
+    Without ``dataset_dir`` the dataset is the one the run was trained on (``split.json`` records it),
+    else the default synthetic dataset. ``tracker`` records the evaluation (evaluate.json: MLflow).
     ``ray`` / ``workers``: score the cases on Ray actors (see :func:`evaluate`; ``null``: locally).
     """
     from medunet.training.data import resolve_dataset
 
-    datalist = resolve_dataset(dataset_dir)
+    datalist = resolve_dataset(dataset_dir if dataset_dir not in (None, "") else _trained_dataset(run_dir))
     cases = evaluation_cases(datalist, run_dir, which)
     save_predictions = as_bool(save_predictions, "save_predictions")
     largest_component = as_bool(largest_component, "largest_component")
@@ -239,9 +255,24 @@ def evaluate_run(
         save_predictions=save_predictions,
         largest_component=largest_component,
         tta=None if tta in (None, "auto") else as_bool(tta, "tta"),
+        tracker=tracker,
         ray=ray or None,
         workers=None if workers in (None, "") else int(workers),
     )
+
+
+def _trained_dataset(run_dir: str | Path | None) -> str | None:
+    """The dataset folder a run's ``split.json`` names, when it still exists (else ``None``)."""
+    if run_dir is None:
+        return None
+    try:
+        recorded = json.loads((Path(run_dir) / "split.json").read_text()).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if recorded and Path(recorded).exists():
+        logger.info("dataset of %s: %s (from split.json)", run_dir, recorded)
+        return str(recorded)
+    return None
 
 
 def expand_inputs(inputs: str | Path | list[str | Path]) -> list[Path]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ from medunet.errors import ConfigError
 from medunet.plans import Plans
 from medunet.tracking.config import (
     DEFAULT_EXPERIMENT,
+    ENV_TRACKING_URI,
     environment_tags,
     flatten_config,
     read_bundle_metadata,
@@ -50,6 +52,7 @@ from medunet.tracking.run import (
     log_pytorch_model,
     log_validation,
     read_run_file,
+    read_run_uri,
     summary_metrics,
 )
 
@@ -492,25 +495,52 @@ class MLflowEvaluationTracker:
 
     def _on_completed(self, engine: Engine) -> None:
         summary = self.summary_fn(engine) if self.summary_fn else summary_from_state(engine.state)
+        self.record(summary, device=_engine_device(engine))
+
+    def record(self, summary: Mapping[str, Any] | None, *, device: str | None = None) -> TrackingRun | None:
+        """Log one finished evaluation (``evaluate.json`` calls this after writing its tables).
+
+        ``summary`` falls back to the ``summary_json`` file. Where it goes: ``tracking_uri`` >
+        ``MLFLOW_TRACKING_URI`` > the server the training run was recorded on (``mlflow_run.json``
+        in ``training_dir``; servers only, a local store moves with its folder) >
+        ``sqlite:///<output_dir>/mlflow.db``.
+        """
+        if not self.enabled:
+            return None
         if summary is None and self.summary_json is not None and self.summary_json.is_file():
             import json
 
             summary = json.loads(self.summary_json.read_text())
+        parent = self.training_run_id or read_run_file(self.training_dir)
+        if parent is None:
+            logger.warning(
+                "MLflow: no training run recorded in %s (mlflow_run.json): the evaluation run is not linked",
+                self.training_dir,
+            )
         self.run = log_evaluation(
-            tracking_uri=self.tracking_uri,
+            tracking_uri=self._tracking_uri(),
             output_dir=self.output_dir,
             experiment_name=self.experiment_name,
             summary=summary,
             per_case_csv=self.per_case_csv,
             summary_json=self.summary_json,
-            training_run_id=self.training_run_id or read_run_file(self.training_dir),
+            training_run_id=parent,
             run_name=self.run_name,
             dataset_name=self.dataset_name,
             params=self.params,
             bundle_metadata=self.bundle_metadata,
             prefix=self.prefix,
-            device=_engine_device(engine),
+            device=device,
         )
+        logger.info("MLflow: evaluation run %s (training run %s)", self.run.run_id, parent)
+        return self.run
+
+    def _tracking_uri(self) -> str | None:
+        if (self.tracking_uri or "").strip() or os.environ.get(ENV_TRACKING_URI, "").strip():
+            return self.tracking_uri
+        recorded = read_run_uri(self.training_dir)
+        remote = recorded is not None and recorded.startswith(("http://", "https://"))
+        return recorded if remote and "***@" not in str(recorded) else None
 
 
 def log_evaluation(

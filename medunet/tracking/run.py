@@ -223,9 +223,17 @@ class TrackingRun:
 
 def read_run_file(directory: str | Path) -> str | None:
     """The run id recorded by :meth:`TrackingRun.write_run_file` in ``directory``, if any."""
-    path = Path(directory) / RUN_ID_FILE
+    return _run_file_field(directory, "run_id")
+
+
+def read_run_uri(directory: str | Path) -> str | None:
+    """The tracking URI (credentials removed) recorded next to the run id in ``directory``, if any."""
+    return _run_file_field(directory, "tracking_uri")
+
+
+def _run_file_field(directory: str | Path, key: str) -> str | None:
     try:
-        return str(json.loads(path.read_text())["run_id"])
+        return str(json.loads((Path(directory) / RUN_ID_FILE).read_text())[key])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

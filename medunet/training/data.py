@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -16,7 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 from medunet.data.datalist import Case, Datalist
 from medunet.data.layouts import load_dataset
 from medunet.data.splits import Split, case_hash, kfold, split_cases
-from medunet.errors import DatasetError, GeometryMismatchError, InvalidImageError, MedunetError
+from medunet.errors import ConfigError, DatasetError, GeometryMismatchError, InvalidImageError, MedunetError
 from medunet.io.atomic import atomic_write_text
 from medunet.io.monai_reader import header_grid
 from medunet.io.nifti import is_nifti
@@ -31,17 +32,29 @@ logger = logging.getLogger(__name__)
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic_ct")
 
 
-def resolve_dataset(dataset_dir: str | Path | None = None, modality: str | None = None) -> Datalist:
+def resolve_dataset(
+    dataset_dir: str | Path | None = None,
+    modality: str | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+) -> Datalist:
     """Load ``dataset_dir`` in any layout :func:`~medunet.data.layouts.load_dataset` reads.
 
     Without a dataset, the synthetic CT dataset is generated under ``data/synthetic_ct`` on first use
-    (later runs reuse it). ``modality`` names the modality of layouts that do not declare one.
+    (later runs reuse it). ``synthetic`` holds the generator's parameters (``cases``, ``test_cases``,
+    ``size``, ``seed``: :func:`~medunet.data.synthetic.ensure_synthetic_dataset`; the bundle's
+    ``synthetic`` key). ``modality`` names the modality of layouts that do not declare one.
     """
     if dataset_dir in (None, "", "None", "null"):
         from medunet.data.synthetic import ensure_synthetic_dataset
 
+        params = dict(synthetic or {})
+        unknown = sorted(set(params) - {"cases", "test_cases", "size", "seed"})
+        if unknown:
+            raise ConfigError(None, f"synthetic: unknown key(s) {unknown}; use cases, test_cases, size, seed")
         logger.info("no dataset_dir given: using the synthetic CT dataset in %s", DEFAULT_SYNTHETIC_DIR)
-        dataset_dir = ensure_synthetic_dataset(DEFAULT_SYNTHETIC_DIR)
+        dataset_dir = ensure_synthetic_dataset(
+            DEFAULT_SYNTHETIC_DIR, **{k: int(v) for k, v in params.items()}
+        )
     datalist = load_dataset(Path(str(dataset_dir)), modality=(modality or "CT").upper())
     labelled = [c for c in datalist.training if c.label is not None]
     if len(labelled) < 2:
