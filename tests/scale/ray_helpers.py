@@ -142,9 +142,11 @@ def ray_cli() -> list[str]:
 
 
 @contextlib.contextmanager
-def ray_head_node(num_cpus: int = 2) -> Iterator[str]:
+def ray_head_node(num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[str]:
     """``ray start --head`` on 127.0.0.1 (a subprocess); yields its address; stops every process it and its
-    jobs started (by process id, never ``ray stop``, which would stop any Ray on the machine)."""
+    jobs started (by process id, never ``ray stop``, which would stop any Ray on the machine).
+
+    ``env``: extra environment of the node's processes (its workers inherit it)."""
     before = set(ray_processes())
     temp = Path(tempfile.mkdtemp(prefix="mdr", dir="/tmp"))  # short: Ray's socket paths must fit
     port = free_port()
@@ -162,7 +164,9 @@ def ray_head_node(num_cpus: int = 2) -> Iterator[str]:
         f"--temp-dir={temp}",
     ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         yield f"127.0.0.1:{port}"
     finally:
@@ -172,30 +176,59 @@ def ray_head_node(num_cpus: int = 2) -> Iterator[str]:
     assert not left, f"Ray processes left running: {left}"
 
 
-class WorkerKiller(threading.Thread):
-    """SIGKILLs Ray actor processes while they run ``ray::<Class>.<method>`` (a case in progress).
+#: ``sitecustomize`` for the Ray processes a test starts (see :class:`CaseHolder`).
+HOLD_SITE = Path(__file__).parent / "hold"
 
-    ``times``: how many kills at most. The kills happen mid-case by construction: the process title
-    names the method only while it runs.
+
+class CaseHolder(threading.Thread):
+    """Holds one case inside the Ray workers and SIGKILLs every worker process that holds it.
+
+    The workers get ``tests/scale/hold`` on their ``PYTHONPATH`` (:meth:`env`): its ``sitecustomize``
+    makes ``predict_one`` write ``held-<n>-<pid>`` for the planned case and wait. So a kill lands on a
+    worker that is provably in the middle of that case, whatever the load (watching process titles
+    missed short cases on a loaded machine). :meth:`plan` names the case and how many attempts to hold.
     """
 
-    def __init__(self, title: str = "ray::CaseWorker.predict", times: int = 1) -> None:
+    def __init__(self, folder: Path) -> None:
         super().__init__(daemon=True)
-        self.title = title
-        self.times = times
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
         self.killed: list[int] = []
+        self.held: list[int] = []
+        self.kill = True
+        self._seen: set[str] = set()
         self._halt = threading.Event()
 
+    def env(self) -> dict[str, str]:
+        """What the Ray processes need in their environment."""
+        paths = [str(HOLD_SITE), *filter(None, [os.environ.get("PYTHONPATH")])]
+        return {"PYTHONPATH": os.pathsep.join(paths), "MEDUNET_TEST_HOLD_DIR": str(self.folder)}
+
+    def plan(self, case: str, times: int = 1, *, kill: bool = True) -> None:
+        """Hold the first ``times`` attempts at ``case`` (and kill their workers unless ``kill`` is
+        false: then they wait, listed in :attr:`held`); forget earlier holds."""
+        for old in self.folder.glob("held-*"):
+            old.unlink()
+        self.killed.clear()
+        self.held.clear()
+        self._seen.clear()
+        self.kill = kill
+        (self.folder / "plan.json").write_text(json.dumps({"case": case, "times": times}))
+
     def run(self) -> None:
-        while not self._halt.is_set() and len(self.killed) < self.times:
-            for pid, cmd in ray_processes().items():
-                if cmd.startswith(self.title) and pid not in self.killed:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+        while not self._halt.is_set():
+            for marker in sorted(self.folder.glob("held-*")):
+                if marker.name not in self._seen:
+                    self._seen.add(marker.name)
+                    pid = int(marker.name.rsplit("-", 1)[1])
+                    self.held.append(pid)
+                    if self.kill:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
                         self.killed.append(pid)
-                    break
             time.sleep(0.05)
 
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
+        (self.folder / "plan.json").unlink(missing_ok=True)

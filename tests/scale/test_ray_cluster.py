@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("ray")
 
 from ray_helpers import (  # noqa: E402
-    WorkerKiller,
+    CaseHolder,
     complete_cases,
     file_hashes,
     make_cases,
@@ -39,8 +39,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def head() -> Iterator[str]:
-    with ray_head_node(num_cpus=2) as address:
+def holder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CaseHolder]:
+    holder = CaseHolder(tmp_path_factory.mktemp("hold"))
+    holder.start()
+    yield holder
+    holder.stop()
+
+
+@pytest.fixture(scope="module")
+def head(holder: CaseHolder) -> Iterator[str]:
+    with ray_head_node(num_cpus=2, env=holder.env()) as address:
         yield address
 
 
@@ -53,23 +61,20 @@ def _run(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
 
 
+# Slow only for time (32 s): test_ray_predict.py kills a worker mid-case in the default suite already.
 @pytest.mark.slow
 def test_worker_killed_mid_case_is_replaced_and_the_case_retried(
-    head: str, checkpoint: Path, tmp_path: Path
+    head: str, holder: CaseHolder, checkpoint: Path, tmp_path: Path
 ) -> None:
     inputs = tmp_path / "in"
-    make_cases(inputs, 4, size=96)
+    make_cases(inputs, 4)
     out = tmp_path / "out"
-    killer = WorkerKiller(times=1)
-    killer.start()
-    try:
-        rc = main(
-            ["predict", "--checkpoint", str(checkpoint), "-i", str(inputs), "-o", str(out)]
-            + ["--ray", head, "--workers", "1", "--max-retries", "2"]  # one: only its replacement can finish
-        )
-    finally:
-        killer.stop()
-    assert len(killer.killed) == 1
+    holder.plan("ct_2", times=1)  # the worker is SIGKILLed while it is on ct_2
+    rc = main(
+        ["predict", "--checkpoint", str(checkpoint), "-i", str(inputs), "-o", str(out)]
+        + ["--ray", head, "--workers", "1", "--max-retries", "2"]  # one: only its replacement can finish
+    )
+    assert len(holder.killed) == 1
     assert rc == 0
     assert complete_cases(out) == [f"ct_{i}" for i in range(4)]  # every case, the killed one too
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # its partial removed
@@ -80,54 +85,47 @@ def test_worker_killed_mid_case_is_replaced_and_the_case_retried(
     (worker,) = run["throughput"]["per_worker"]
     assert worker["restarts"] == 1 and len(worker["model_load_s"]) == 2  # the model loaded again...
     assert (
-        worker["pids"][0] == killer.killed[0] and worker["pids"][1] != killer.killed[0]
+        worker["pids"][0] == holder.killed[0] and worker["pids"][1] != holder.killed[0]
     )  # ...in a new process
     assert worker["cases"] == 4
 
 
-@pytest.mark.slow
 def test_case_that_keeps_killing_its_worker_is_reported_not_retried_forever(
-    head: str, checkpoint: Path, tmp_path: Path
+    head: str, holder: CaseHolder, checkpoint: Path, tmp_path: Path
 ) -> None:
     inputs = tmp_path / "in"
-    make_cases(inputs, 1, size=96)
+    make_cases(inputs, 1)
     out = tmp_path / "out"
-    killer = WorkerKiller(times=10)  # kills every attempt
-    killer.start()
-    try:
-        rc = main(
-            ["predict", "--checkpoint", str(checkpoint), "-i", str(inputs), "-o", str(out)]
-            + ["--ray", head, "--workers", "1", "--max-retries", "1"]
-        )
-    finally:
-        killer.stop()
+    holder.plan("ct_0", times=10)  # every attempt at ct_0 kills its worker
+    rc = main(
+        ["predict", "--checkpoint", str(checkpoint), "-i", str(inputs), "-o", str(out)]
+        + ["--ray", head, "--workers", "1", "--max-retries", "1"]
+    )
     assert rc == 1
-    assert len(killer.killed) == 2  # first attempt + one retry, then given up
+    assert len(holder.killed) == 2  # first attempt + one retry, then given up
     (row,) = list(csv.DictReader((out / "failures.csv").open()))
     assert row["case"] == "ct_0" and "died 2 time(s)" in row["error"]
     assert _run(out)["cases"]["worker_deaths"] == 2 and complete_cases(out) == []
 
 
-# Slow: on a clean clone under heavy load (load average 9) the worker-kill timing missed and the
-# address-joined driver met Ray 2.60's token authentication; not in the default suite until fixed.
-@pytest.mark.slow
 def test_driver_killed_mid_run_then_rerun_skips_completed_cases(
-    head: str, checkpoint: Path, tmp_path: Path
+    head: str, holder: CaseHolder, checkpoint: Path, tmp_path: Path
 ) -> None:
     n = 6
     inputs = tmp_path / "in"
-    make_cases(inputs, n, size=96)
+    make_cases(inputs, n)
     out = tmp_path / "out"
     args = ["predict", "--checkpoint", str(checkpoint), "-i", str(inputs), "-o", str(out), "--ray", head]
+    holder.plan("ct_3", kill=False)  # one worker takes the cases in order: ct_0..ct_2 done, ct_3 in flight
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
         [sys.executable, "-m", "medunet", *args, "--workers", "1"], cwd=REPO, stdout=log, stderr=log
     )
     try:
         deadline = time.monotonic() + 240
-        while len(complete_cases(out)) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        while not holder.held and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+        assert driver.poll() is None and holder.held, (tmp_path / "driver.log").read_text()[-3000:]
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.kill()
@@ -139,7 +137,7 @@ def test_driver_killed_mid_run_then_rerun_skips_completed_cases(
         assert time.monotonic() < deadline, "actors of the killed driver still alive"
         time.sleep(0.2)
     done_before = complete_cases(out)
-    assert 2 <= len(done_before) < n
+    assert done_before == ["ct_0", "ct_1", "ct_2"]
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == done_before  # only complete case folders are visible; no run.json yet
     hashes = {c: file_hashes(out / c) for c in done_before}

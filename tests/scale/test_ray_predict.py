@@ -22,7 +22,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from ray_helpers import (  # noqa: E402
-    WorkerKiller,
+    CaseHolder,
     case_record,
     file_hashes,
     make_cases,
@@ -45,11 +45,8 @@ def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-# Slow: on a clean clone under heavy load (load average 9) the worker-kill timing missed and the
-# address-joined driver met Ray 2.60's token authentication; not in the default suite until fixed.
-@pytest.mark.slow
 def test_ray_run_matches_local_run_isolates_the_corrupt_case_and_survives_a_killed_worker(
-    tmp_path: Path, ray_tmpdir: Path
+    tmp_path: Path, ray_tmpdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ckpt = make_checkpoint(tmp_path / "model")
     inputs = tmp_path / "in"
@@ -63,7 +60,10 @@ def test_ray_run_matches_local_run_isolates_the_corrupt_case_and_survives_a_kill
 
     before = set(ray_processes())
     assert not ray.is_initialized()
-    killer = WorkerKiller(times=1)  # SIGKILL one worker process while it is on a case
+    killer = CaseHolder(tmp_path / "hold")  # SIGKILLs the worker process that is on ct_1
+    for key, value in killer.env().items():  # the runtime the command starts passes these to its workers
+        monkeypatch.setenv(key, value)
+    killer.plan("ct_1", times=1)
     killer.start()
     try:
         assert main([*base, "--ray", "--workers", "2"]) == 1
