@@ -5,14 +5,18 @@ Stock is the ``spleen_ct_segmentation`` inference recipe: ``LoadImaged``, ``Ensu
 ``SlidingWindowInferer(96^3, sw_batch_size=4, overlap=0.5)``, ``Activationsd(softmax)``, ``Invertd`` of
 the probabilities to the source grid, ``AsDiscreted(argmax)``, ``SaveImaged`` (float32). medunet is
 ``read_nifti`` -> ``Predictor.predict`` (tensor preprocessing, argmax on the network grid, nearest label
-resampling back) -> ``write_nifti`` (uint8). Both use the same network and weights (a seeded random
-MONAI UNet, or ``--checkpoint``) and the same plans. Stock keeps the model zoo's window settings (overlap
-0.5, ``--blend`` default ``constant``); medunet runs the Predictor's defaults (CT foreground crop,
-overlap 0.25, gaussian blending) unless ``--medunet-overlap`` / ``--medunet-blend`` / ``--no-crop`` say
-otherwise, so the agreement reported is medunet's default path against stock at 0.5.
+resampling back) -> ``write_nifti`` (uint8). Both use the same network and weights: a UNet trained
+briefly on the synthetic phantom and cached (``benchmarks.bench_model``), or ``--checkpoint``, or with
+``--random-net`` a seeded random UNet plus an intensity prior. Stock keeps the model zoo's window settings
+(overlap 0.5, ``--blend`` default ``constant``). medunet runs twice, and two rows are printed side by side:
 
-Each pipeline runs in its own spawned process so its peak RSS is its own; agreement is computed from the
-two mask files read back from disk (fraction of equal voxels, and Dice per label).
+* ``default``: the Predictor's defaults (CT foreground crop, overlap 0.25, gaussian blending; change them
+  with ``--medunet-overlap`` / ``--medunet-blend`` / ``--no-crop``);
+* ``equal``: stock's settings (same overlap, blending, no crop, fp32, same threads and window batch).
+
+Each pipeline runs in its own spawned process so its peak RSS is its own. Agreement is Dice per
+foreground label between the two mask files read back from disk (never a fraction of equal voxels,
+which counts the air); the row's agreement is the lowest of them.
 
 Run from the repository root::
 
@@ -35,7 +39,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -70,10 +74,12 @@ class Setup:
     amp: bool = False
     threads: int = 0  # 0 = torch default
     prior: bool = True  # add the smooth intensity prior (see PriorUNet) to the random UNet's logits
+    random_net: bool = False  # no checkpoint: a seeded random UNet (+ prior) instead of the trained one
     # medunet's own settings; None = the Predictor's default (stock always runs overlap/blend above)
     medunet_overlap: float | None = None
     medunet_blend: str | None = None
     crop_foreground: bool | None = None
+    medunet_sw_batch_size: int | None = None  # None: the Predictor's default (2 for 3D on CPU)
 
 
 class PriorUNet:
@@ -189,7 +195,11 @@ def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, A
     baseline = _rss_mb()
     runner = _stock_runner if kind == "stock" else _medunet_runner
     run_one = runner(net, plans, setup, out_dir)
-    settings = getattr(run_one, "settings", {"overlap": setup.overlap, "mode": setup.blend})
+    settings = getattr(
+        run_one,
+        "settings",
+        {"overlap": setup.overlap, "mode": setup.blend, "sw_batch_size": setup.sw_batch_size, "amp": False},
+    )
     stages = dict.fromkeys(STAGES, 0.0)
     outputs: list[str] = []
     grid_shapes: list[tuple[int, ...]] = []
@@ -311,7 +321,7 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
     if setup.crop_foreground is not None:
         own["crop_foreground"] = setup.crop_foreground
     predictor = Predictor(
-        net, plans, device=setup.device, sw_batch_size=setup.sw_batch_size, amp=setup.amp, **own
+        net, plans, device=setup.device, sw_batch_size=setup.medunet_sw_batch_size, amp=setup.amp, **own
     )
     logger.info(
         "medunet Predictor: overlap %s, mode %s, crop_foreground %s",
@@ -349,6 +359,8 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
         "overlap": predictor.overlap,
         "mode": predictor.mode,
         "crop_foreground": predictor.crop_foreground,
+        "sw_batch_size": predictor.sw_batch_size,
+        "amp": predictor.amp,
     }
     return run_one
 
@@ -361,7 +373,7 @@ def _run(kind: str, setup: Setup, paths: list[str], out_dir: str, isolate: bool)
 
 
 def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str, Any]:
-    """Fraction of equal voxels and Dice per foreground label between two mask files (same grid required)."""
+    """Dice per foreground label between two mask files (same grid required); both empty counts 1.0."""
     import nibabel as nib
 
     a_img, b_img = nib.load(stock_path), nib.load(medunet_path)
@@ -375,8 +387,8 @@ def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str,
         denom = int(sa.sum()) + int(sb.sum())
         dice[lab] = 1.0 if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
     return {
-        "equal_fraction": float((a == b).mean()),
         "dice": dice,
+        "voxels_stock": {lab: int((a == lab).sum()) for lab in range(1, num_classes)},
         "affine_max_diff": float(np.abs(a_img.affine - b_img.affine).max()),
         "shape": a.shape,
         "label_fractions": {int(k): float(v) for k, v in zip(*np.unique(b, return_counts=True), strict=True)},
@@ -402,9 +414,20 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--medunet-overlap", type=float, default=None, help="default: the Predictor's")
     ap.add_argument("--medunet-blend", choices=("constant", "gaussian"), default=None)
     ap.add_argument("--no-crop", action="store_true", help="medunet: no foreground crop")
+    ap.add_argument(
+        "--medunet-sw-batch-size",
+        type=int,
+        default=None,
+        help="medunet windows per forward (default: its own)",
+    )
     ap.add_argument("--amp", action="store_true", help="medunet: bf16/fp16 autocast (stock stays fp32)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-prior", action="store_true", help="pure random UNet logits (see PriorUNet)")
+    ap.add_argument(
+        "--random-net",
+        action="store_true",
+        help="a seeded random UNet (+ prior) instead of the trained model",
+    )
     ap.add_argument("--no-isolate", action="store_true", help="run both pipelines in this process")
     ap.add_argument("--out", default=None, help="results JSON (default runs/benchmarks/inference.json)")
     add_cache_dir_argument(ap)
@@ -418,8 +441,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
 
 
 def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
-    """The benchmark proper: outputs under ``tmp``, generated inputs cached under ``cache``."""
-    if args.smoke:
+    """The benchmark proper: outputs under ``tmp``, generated inputs (and the trained model) under ``cache``."""
+    if args.smoke:  # a tiny random net: no training in CI
         setup = Setup(
             num_classes=3,
             net_size="tiny",
@@ -427,6 +450,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
             sw_batch_size=2,
             blend=args.blend,
             prior=not args.no_prior,
+            random_net=True,
             medunet_overlap=args.medunet_overlap,
             # A tiny random net over 4 windows: gaussian vs constant weighting alone moves whole label
             # regions, so the smoke run blends like stock and checks the pipeline, not the weighting.
@@ -436,17 +460,24 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
         paths = [str(_smoke_volume(cache))]
         isolate = False
     else:
+        checkpoint = args.checkpoint
+        if checkpoint is None and not args.random_net:
+            from benchmarks.bench_model import trained_checkpoint
+
+            checkpoint = str(trained_checkpoint(cache))
         setup = Setup(
             sw_batch_size=args.sw_batch_size,
             blend=args.blend,
             device=args.device,
-            checkpoint=args.checkpoint,
+            checkpoint=checkpoint,
             amp=args.amp,
             threads=args.threads,
             prior=not args.no_prior,
+            random_net=checkpoint is None,
             medunet_overlap=args.medunet_overlap,
             medunet_blend=args.medunet_blend,
             crop_foreground=False if args.no_crop else None,
+            medunet_sw_batch_size=args.medunet_sw_batch_size,
         )
         if args.real:
             paths = sorted(str(p) for p in (OPENKBP / "imagesTr").glob("*.nii.gz"))[: args.max_cases]
@@ -457,92 +488,117 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
 
             paths = [str(synthetic_ct_path(tuple(args.shape), cache_dir=cache))]
         isolate = not args.no_isolate
-    if setup.checkpoint:
-        _, plans = _build(setup)
-        num_classes = plans.num_classes
-    else:
-        num_classes = setup.num_classes
-
-    results = {}
-    for kind in ("stock", "medunet"):
-        out_dir = tmp / kind
-        out_dir.mkdir()
-        results[kind] = _run(kind, setup, paths, str(out_dir), isolate)
-    agree = [
-        agreement(s, m, num_classes)
-        for s, m in zip(results["stock"]["outputs"], results["medunet"]["outputs"], strict=True)
-    ]
-    equal = min(a["equal_fraction"] for a in agree)
-    dice = {lab: min(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
-    input_f32_mb = sum(int(np.prod(a["shape"])) * 4 for a in agree) / len(agree) / 2**20
-
-    net, _ = _build(setup)
-    gflop = _gflop_per_window(net, setup.patch, "cpu")
-    med_overlap = results["medunet"]["overlap"]
-    n_windows = sum(_count_windows(g, setup.patch, med_overlap) for g in results["medunet"]["grid_shapes"])
-    n_windows_stock = sum(
-        _count_windows(g, setup.patch, setup.overlap) for g in results["stock"]["grid_shapes"]
+    # The equal-settings run: stock's overlap and blending, no crop, fp32 (same threads and batch).
+    equal_setup = replace(
+        setup, medunet_overlap=setup.overlap, medunet_blend=setup.blend, crop_foreground=False, amp=False
     )
+    net, plans = _build(setup)
+    num_classes = plans.num_classes
+    gflop = _gflop_per_window(net, setup.patch, "cpu")
+    del net
 
+    runs = {"stock": ("stock", setup), "default": ("medunet", setup), "equal": ("medunet", equal_setup)}
+    results: dict[str, dict[str, Any]] = {}
+    for key, (kind, st) in runs.items():
+        out_dir = tmp / key
+        out_dir.mkdir()
+        logger.info("running %s", key)
+        results[key] = _run(kind, st, paths, str(out_dir), isolate)
+    input_f32_mb = 0.0
     name = (
         "smoke"
         if args.smoke
         else ("real_openkbp" if args.real else "ct_{}".format("x".join(map(str, args.shape))))
     )
+    stock = results["stock"]
+    n_windows_stock = sum(_count_windows(g, setup.patch, setup.overlap) for g in stock["grid_shapes"])
+    rows: list[Row] = []
+    for key in ("default", "equal"):
+        med = results[key]
+        agree = [agreement(a, b, num_classes) for a, b in zip(stock["outputs"], med["outputs"], strict=True)]
+        dice = {lab: min(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
+        input_f32_mb = sum(int(np.prod(a["shape"])) * 4 for a in agree) / len(agree) / 2**20
+        n_windows = sum(_count_windows(g, setup.patch, med["overlap"]) for g in med["grid_shapes"])
+        net_s, net_m = stock["stages_s"]["sliding_window"], med["stages_s"]["sliding_window"]
+        rows.append(
+            Row(
+                name=f"inference_{name}_{key}",
+                stock_s=stock["total_s"],
+                medunet_s=med["total_s"],
+                agreement=min(dice.values()),
+                agreement_label="min_fg_dice",
+                extra={
+                    "settings": key,
+                    "dice_per_label_min_over_cases": dice,
+                    "network_stage_s": {"stock": net_s, "medunet": net_m},
+                    "network_stage_ratio": net_s / max(net_m, 1e-9),
+                    "peak_rss_x_input": {
+                        k: (r["peak_rss_mb"] - r["baseline_rss_mb"]) / input_f32_mb
+                        for k, r in (("stock", stock), ("medunet", med))
+                    },
+                    "cases": len(paths),
+                    "windows": n_windows,
+                    "windows_stock": n_windows_stock,
+                    "gflop_per_window": gflop,
+                    "input_float32_mb": input_f32_mb,
+                    "setup": (setup if key == "default" else equal_setup).__dict__,
+                    "model": "random UNet + prior" if setup.random_net else str(setup.checkpoint),
+                    "stock": stock,
+                    "medunet": med,
+                    "agreement_per_case": agree,
+                },
+            )
+        )
+    _print(rows, results, setup)
+    if not args.smoke or args.out:
+        print("results:", write_results("inference", rows, out=args.out, argv=list(sys.argv)))
+    return rows
+
+
+def _print(rows: list[Row], results: dict[str, dict[str, Any]], setup: Setup) -> None:
+    """The two rows side by side, then stages, memory and window counts."""
     print(HEADER)
-    row = Row(
-        name=f"inference_{name}",
-        stock_s=results["stock"]["total_s"],
-        medunet_s=results["medunet"]["total_s"],
-        agreement=equal,
-        agreement_label="equal_voxels",
-        extra={
-            "dice_per_label_min_over_cases": dice,
-            "cases": len(paths),
-            "windows": n_windows,
-            "windows_stock": n_windows_stock,
-            "gflop_per_window": gflop,
-            "input_float32_mb": input_f32_mb,
-            "setup": setup.__dict__,
-            "stock": results["stock"],
-            "medunet": results["medunet"],
-            "agreement_per_case": agree,
-        },
-    )
-    print_row(row)
-    print(f"\n{'stage':<16} {'stock_s':>9} {'medunet_s':>10} {'ratio':>7}")
-    for st in STAGES:
-        s, m = results["stock"]["stages_s"][st], results["medunet"]["stages_s"][st]
-        print(f"{st:<16} {s:>9.3f} {m:>10.3f} {s / m if m > 0 else float('inf'):>6.1f}x")
-    non_net = {
-        k: sum(v for st, v in results[k]["stages_s"].items() if st != "sliding_window") for k in results
-    }
+    for row in rows:
+        print_row(row)
     print(
-        f"{'all but network':<16} {non_net['stock']:>9.3f} {non_net['medunet']:>10.3f} "
-        f"{non_net['stock'] / max(non_net['medunet'], 1e-9):>6.1f}x"
+        f"\n{'settings':<9} {'overlap':>7} {'blend':>9} {'crop':>5} {'net stock_s':>12} {'net medunet_s':>14} "
+        f"{'net ratio':>9} {'windows s/m':>12} {'batch s/m':>9} {'RSS x input s/m':>16}  min Dice per label"
     )
-    for k in ("stock", "medunet"):
+    for row in rows:
+        e, med = row.extra, row.extra["medunet"]
+        net = e["network_stage_s"]
+        rss = e["peak_rss_x_input"]
+        dice = ", ".join(f"{lab}: {d:.4f}" for lab, d in e["dice_per_label_min_over_cases"].items())
+        print(
+            f"{e['settings']:<9} {med['overlap']:>7} {med['mode']:>9} {str(med['crop_foreground']):>5} "
+            f"{net['stock']:>12.2f} {net['medunet']:>14.2f} {e['network_stage_ratio']:>8.2f}x "
+            f"{e['windows_stock']:>5}/{e['windows']:<6} "
+            f"{e['stock']['sw_batch_size']:>5}/{med['sw_batch_size']:<3} {rss['stock']:>7.2f}/{rss['medunet']:<8.2f}  {dice}"
+        )
+    print(f"\n{'stage':<16} {'stock_s':>9} " + " ".join(f"{k + '_s':>10}" for k in ("default", "equal")))
+    for st in STAGES:
+        vals = " ".join(f"{results[k]['stages_s'][st]:>10.3f}" for k in ("default", "equal"))
+        print(f"{st:<16} {results['stock']['stages_s'][st]:>9.3f} {vals}")
+    e = rows[0].extra
+    for k in ("stock", "default", "equal"):
         r = results[k]
-        work = r["peak_rss_mb"] - r["baseline_rss_mb"]
         gpu = f", GPU peak {r['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in r else ""
         print(
-            f"{k}: peak RSS {r['peak_rss_mb']:.0f} MiB (+{work:.0f} MiB over the loaded model = "
-            f"{work / input_f32_mb:.2f}x the float32 input){gpu}"
+            f"{k}: peak RSS {r['peak_rss_mb']:.0f} MiB (+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} MiB "
+            f"over the loaded model; float32 input {e['input_float32_mb']:.0f} MiB){gpu}"
         )
         if setup.device.startswith("cuda"):
-            tflops = n_windows * gflop / 1e3 / max(r["stages_s"]["sliding_window"], 1e-9)
+            n = (
+                e["windows_stock"]
+                if k == "stock"
+                else next(x for x in rows if x.extra["settings"] == k).extra["windows"]
+            )
+            tflops = n * e["gflop_per_window"] / 1e3 / max(r["stages_s"]["sliding_window"], 1e-9)
             print(f"{k}: sliding window {tflops:.2f} TFLOP/s achieved")
-    print(
-        f"network: {gflop:.3g} GFLOP per {setup.patch}^3 window; windows stock {n_windows_stock} "
-        f"(overlap {setup.overlap}, {setup.blend}), medunet {n_windows} (overlap {med_overlap}, "
-        f"{results['medunet']['mode']}, crop {results['medunet']['crop_foreground']}); Dice per label {dice}"
-    )
-    if not args.smoke or args.out:
-        print("results:", write_results("inference", [row], out=args.out, argv=list(sys.argv)))
-    return [row]
+    print(f"network: {e['model']}, {e['gflop_per_window']:.3g} GFLOP per {setup.patch}^3 window")
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     rows = main()
-    print(json.dumps({"equal_voxels": rows[0].agreement}))
+    print(json.dumps({row.name: {"ratio": row.ratio, "min_fg_dice": row.agreement} for row in rows}))

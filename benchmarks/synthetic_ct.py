@@ -61,6 +61,28 @@ def phantom_ct(shape: Sequence[int] = CT_SHAPE, seed: int = 0) -> np.ndarray:
     return out
 
 
+#: Labels of :func:`phantom_labels` (the blobs of :func:`phantom_ct`; both kidneys are one label).
+PHANTOM_LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "kidneys"}
+
+
+def phantom_labels(shape: Sequence[int] = CT_SHAPE) -> np.ndarray:
+    """uint8 label map of :func:`phantom_ct`'s organ blobs on a grid of ``shape`` (same RAS geometry)."""
+    nx, ny, nz = (int(s) for s in shape)
+    x = np.linspace(-1.0, 1.0, nx, dtype=np.float32)[:, None]
+    y = np.linspace(-1.0, 1.0, ny, dtype=np.float32)[None, :]
+    out = np.zeros((nx, ny, nz), dtype=np.uint8)
+    blobs = [(0.25, 0.05, 0.45, 0.22, 0.18, 0.20, 1), (-0.35, 0.15, 0.40, 0.10, 0.12, 0.12, 2)]
+    blobs += [(0.20, 0.30, 0.30, 0.07, 0.07, 0.10, 3), (-0.20, 0.30, 0.30, 0.07, 0.07, 0.10, 3)]
+    for k in range(nz):
+        z = -1.0 + 2.0 * k / max(nz - 1, 1)
+        for cx, cy, cz, rx, ry, rz, lab in blobs:
+            dz = (z - cz) / rz
+            if abs(dz) < 1.0:
+                m = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1.0 - dz * dz
+                out[..., k][m] = lab
+    return out
+
+
 def orient_affine(
     shape: Sequence[int], spacing: Sequence[float], orientation: str
 ) -> tuple[np.ndarray, tuple[int, int, int], tuple[bool, bool, bool]]:
