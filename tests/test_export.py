@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medunet.export import (
@@ -234,3 +235,61 @@ def test_dicom_seg_refuses_mask_on_another_grid(ct_series, tmp_path: Path) -> No
     with pytest.raises(GeometryMismatchError):
         write_dicom_seg(tmp_path / "seg.dcm", labels_src, shifted, vol.meta["source_files"], LABELS)
     assert not (tmp_path / "seg.dcm").exists()
+
+
+class _ValueNet(torch.nn.Module):
+    """Known answer: class k where the window-normalised intensity is k / top (image = label value)."""
+
+    def __init__(self, top: int) -> None:
+        super().__init__()
+        self.register_buffer("centers", torch.arange(top + 1, dtype=torch.float32) / top)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centers = self.centers.view(1, -1, *([1] * (x.ndim - 2)))
+        return -1e6 * (x - centers) ** 2
+
+
+@pytest.mark.parametrize(("top", "dtype"), [(255, np.uint8), (300, np.uint16)])
+def test_segmentation_file_is_uint8_to_255_and_uint16_past_it_on_the_source_grid(
+    tmp_path: Path, top: int, dtype: type
+) -> None:
+    """README: ``segmentation.nii.gz`` holds integer labels (uint8; uint16 past 255) on exactly the
+    source grid, qform = sform, code 1. Predictor and case writer, with plans of ``top + 1`` classes."""
+    import nibabel as nib
+
+    from medunet.export.case import SEGMENTATION, write_case
+    from medunet.inference import Predictor
+    from medunet.plans import Intensity, Plans
+
+    labels = {k: ("background" if k == 0 else f"organ{k}") for k in range(top + 1)}
+    plans = Plans(
+        labels=labels,
+        target_spacing=(1.0, 1.5, 2.0),
+        patch_size=(16, 16, 8),
+        intensity=Intensity("ct_window", 0.0, float(top)),
+    )
+    lab = np.zeros((20, 18, 10), np.int16)
+    lab[3:10, 4:12, 2:7] = 1
+    lab[12:17, 3:8, 3:9] = top  # 300 does not fit uint8 (it would wrap to 44)
+    lab[12:15, 12:16, 1:4] = 200
+    affine = np.diag([-1.0, -1.5, 2.0, 1.0])  # LPS-like, anisotropic, non-zero origin
+    affine[:3, 3] = (19.0, 25.5, -20.0)
+    volume = Volume(lab, affine, source="ct.nii.gz")
+    predictor = Predictor(_ValueNet(top), plans, device="cpu", crop_foreground=False)
+    prediction = predictor.predict(volume)
+    assert prediction.labels.dtype == dtype
+    result = write_case(
+        tmp_path / "out", "ct", volume, prediction, source=tmp_path / "ct.nii.gz", is_dicom=False
+    )
+
+    seg = nib.load(str(result.directory / SEGMENTATION))
+    assert seg.get_data_dtype() == dtype
+    values = np.asarray(seg.dataobj)
+    np.testing.assert_array_equal(values, lab)  # values intact, 300 included
+    assert int(values.max()) == top
+    assert seg.shape == lab.shape
+    qform, qcode = seg.get_qform(coded=True)
+    sform, scode = seg.get_sform(coded=True)
+    assert int(qcode) == int(scode) == 1
+    np.testing.assert_allclose(qform, sform, atol=1e-6)
+    np.testing.assert_allclose(sform, affine, atol=1e-6)

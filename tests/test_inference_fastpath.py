@@ -96,3 +96,45 @@ def test_cpu_bf16_autocast_and_channels_last_where_native(monkeypatch: pytest.Mo
     assert p.amp is True and p.channels_last is True
     assert p.net.weight.is_contiguous(memory_format=torch.channels_last_3d)
     assert not Predictor(torch.nn.Conv3d(1, 3, 1), _plans(), device="cpu", amp=False).amp
+
+
+class _ConstantNet(torch.nn.Module):
+    """The same class probabilities everywhere: logits ``log(probs)``."""
+
+    def __init__(self, probs: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(probs).log())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.view(1, -1, *([1] * (x.ndim - 2))).expand(x.shape[0], -1, *x.shape[2:])
+
+
+def test_ensemble_averages_probabilities_to_a_class_neither_member_picks() -> None:
+    """README / bundle README: several checkpoints are an ensemble, class probabilities averaged.
+
+    Member A says (0.55, 0.05, 0.40), member B (0.05, 0.55, 0.40): A alone labels 0, B alone 1, their
+    mean (0.30, 0.30, 0.40) labels 2. Averaging logits instead would give (0.225, 0.225, 0.55)."""
+    from medunet.io import Volume
+
+    a, b = _ConstantNet((0.55, 0.05, 0.40)), _ConstantNet((0.05, 0.55, 0.40))
+    affine = torch.diag(torch.tensor([-1.0, 1.0, 2.0, 1.0])).numpy()
+    volume = Volume(torch.full((20, 18, 10), 0.5).numpy(), affine, source="constant")
+    plans = Plans(
+        labels={0: "background", 1: "liver", 2: "spleen"},
+        target_spacing=(1.0, 1.0, 2.0),
+        patch_size=(16, 16, 8),
+        intensity=Intensity("ct_window", 0.0, 1.0),
+    )
+
+    def run(nets: list[torch.nn.Module]):
+        return Predictor(nets, plans, device="cpu", crop_foreground=False, tta_mirror=True).predict(
+            volume, return_probabilities=True
+        )
+
+    assert set(run([a]).labels.ravel().tolist()) == {0}
+    assert set(run([b]).labels.ravel().tolist()) == {1}
+    ensemble = run([a, b])
+    assert set(ensemble.labels.ravel().tolist()) == {2}
+    assert ensemble.labels.shape == volume.shape
+    expected = torch.tensor([0.30, 0.30, 0.40]).view(3, 1, 1, 1).expand(3, *volume.shape)
+    torch.testing.assert_close(torch.from_numpy(ensemble.probabilities), expected, atol=1e-6, rtol=0)

@@ -333,3 +333,54 @@ def test_cli_uses_predictor_defaults_unless_told(
     assert seen["crop"] in ((None, True) if crop else (False,))
     record = json.loads((out / "ct" / "case.json").read_text())
     assert record["options"]["overlap"] == overlap
+
+
+def _constant_checkpoint(path: Path, plans: Plans, probs: tuple[float, ...]) -> Path:
+    """A real registry network whose output is ``log(probs)`` everywhere: every weight zero, the last
+    layer's bias set (zero activations stay zero through convolutions, instance norm and PReLU)."""
+    from medunet.networks import build_network
+    from medunet.training.checkpoint import save_checkpoint
+
+    net = build_network(plans.network, 3, 1, plans.num_classes, **plans.network_kwargs)
+    state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    last_bias = [k for k, v in state.items() if k.endswith(".bias") and v.shape == (plans.num_classes,)][-1]
+    state[last_bias] = torch.tensor(probs).log()
+    net.load_state_dict(state)
+    with torch.inference_mode():
+        out = net.eval()(torch.randn(1, 1, 32, 32, 32))
+    torch.testing.assert_close(out, torch.tensor(probs).log().view(1, -1, 1, 1, 1).expand_as(out))
+    return save_checkpoint(path, {"model": state, "plans": plans.to_dict()})
+
+
+def test_two_checkpoints_are_an_ensemble_of_averaged_probabilities(tmp_path: Path) -> None:
+    """README / bundle README: several ``--checkpoint`` files are an ensemble, class probabilities averaged.
+
+    Real checkpoints, no patching: A says (0.55, 0.05, 0.40) everywhere, B (0.05, 0.55, 0.40). Each alone
+    labels 0 / 1; the ensemble labels 2 (mean 0.30, 0.30, 0.40), and its uncertainty is the entropy of the
+    mean."""
+    plans = Plans(
+        labels=LABELS,
+        target_spacing=(2.0, 2.0, 2.0),
+        patch_size=(32, 32, 32),
+        network_kwargs={"size": "tiny"},
+    )
+    a = _constant_checkpoint(tmp_path / "a.pt", plans, (0.55, 0.05, 0.40))
+    b = _constant_checkpoint(tmp_path / "b.pt", plans, (0.05, 0.55, 0.40))
+    shape = (12, 10, 8)
+    src = write_nifti(tmp_path / "ct.nii.gz", np.full(shape, 40, np.int16), np.diag([2.0, 2.0, 2.0, 1.0]))
+
+    def predict(out: Path, *checkpoints: Path) -> tuple[np.ndarray, np.ndarray]:
+        args = ["predict", "--checkpoint", *map(str, checkpoints), "--input", str(src), "--output", str(out)]
+        assert main([*args, "--uncertainty", "--device", "cpu"]) == 0
+        seg = nib.load(str(out / "ct" / "segmentation.nii.gz"))
+        unc = np.asarray(nib.load(str(out / "ct" / "uncertainty.nii.gz")).dataobj)
+        return np.asarray(seg.dataobj), unc
+
+    assert set(np.unique(predict(tmp_path / "out_a", a)[0])) == {0}
+    assert set(np.unique(predict(tmp_path / "out_b", b)[0])) == {1}
+    labels, uncertainty = predict(tmp_path / "out_ab", a, b)
+    assert labels.shape == shape and set(np.unique(labels)) == {2}
+    mean = np.array([0.30, 0.30, 0.40])
+    np.testing.assert_allclose(uncertainty, -(mean * np.log(mean)).sum() / np.log(3), atol=1e-5)
+    record = json.loads((tmp_path / "out_ab" / "ct" / "case.json").read_text())
+    assert str(b.name) in json.dumps(record)  # both members recorded

@@ -105,7 +105,7 @@ def labels_from_probabilities(
     network voxels is interpolated; everything else is background.
     """
     out = torch.zeros(grid.ras_shape, dtype=label_dtype, device=probs.device)
-    arg = channel_argmax(probs)
+    arg = channel_argmax(probs, label_dtype)  # > 256 classes do not fit uint8
     nz = torch.nonzero(arg)
     if nz.numel() == 0:
         return out

@@ -64,3 +64,33 @@ def test_only_rank_zero_writes_checkpoints(tmp_path):
         env = TrainingEnv(torch.device("cpu"), seed=0, rank=rank, world_size=2)
         Checkpointer(tmp_path, plans, net, opt, env)._epoch_completed(engine)
         assert sorted(p.name for p in Path(tmp_path).iterdir()) == expected
+
+
+def _early_stopping_rank(rank: int, port: int, out: str) -> None:
+    """One gloo rank, two rounds: in round ``r`` only rank ``r`` has gone ``patience`` epochs without
+    improving."""
+    import torch.distributed as dist
+
+    from medunet.training.handlers import EarlyStopping
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        env = TrainingEnv(torch.device("cpu"), seed=0, rank=rank, world_size=2, distributed=True)
+        decisions = []
+        for stale_rank in (0, 1):
+            engine = Engine(lambda e, b: None)
+            engine.state.epoch = 10
+            engine.state.best_metric_epoch = 2 if rank == stale_rank else 9
+            EarlyStopping(patience=3, env=env)(engine)
+            decisions.append(engine.should_terminate)
+        Path(out, f"rank{rank}").write_text(json.dumps(decisions))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_early_stopping_is_rank_zeros_decision_on_every_rank(tmp_path):
+    # Each rank sees its own validation history; rank 0's decision must reach the other rank, both
+    # ways, or DDP ranks stop at different epochs and the next collective hangs.
+    torch.multiprocessing.spawn(_early_stopping_rank, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    # Round 0: rank 0 stale -> both stop; round 1: only rank 1 stale -> neither stops.
+    assert [json.loads((tmp_path / f"rank{r}").read_text()) for r in (0, 1)] == [[True, False], [True, False]]
