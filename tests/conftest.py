@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
+
+# Ray reads its authentication mode when it is imported, and collecting any test module that does
+# `pytest.importorskip("ray")` imports it (tests/benchmarks sorts before tests/scale): so set it here,
+# in the first conftest, not in tests/scale. Token authentication with a token of this test session,
+# for the local runtimes and the `ray start --head` node alike (a driver joining by an explicit address
+# needs RAY_AUTH_MODE=token); nothing is written to ~/.ray.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
 import pytest

@@ -6,17 +6,9 @@ Ray workers are separate processes, so the model must be a real checkpoint (the 
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
 from pathlib import Path
 
-# Before anything imports ray: token authentication with a token of this test session, for the
-# local runtimes and the `ray start --head` node alike (Ray enables it only where a token exists,
-# and a driver joining by an explicit address needs RAY_AUTH_MODE=token set, so make both explicit;
-# nothing is written to ~/.ray).
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's token authentication is set up in tests/conftest.py: it must happen before anything imports ray.
 
 sys.path.insert(0, str(Path(__file__).parent))
