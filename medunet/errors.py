@@ -94,3 +94,16 @@ class DicomWebPushError(DicomWebError):
         self.stored = stored
         self.missing = missing
         super().__init__(path, problem)
+
+
+class EngineError(MedunetError):
+    """An inference engine or an exported engine artefact cannot be used (``medunet export``/``predict``)."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine's runtime is not installed, or needs hardware this machine lacks (TensorRT: CUDA)."""
+
+
+class EngineMismatchError(EngineError):
+    """An engine artefact does not match what it claims or what it is used with: its plans were edited
+    (hash mismatch), its model file changed, or the checkpoint/plans passed with it differ."""

@@ -316,12 +316,16 @@ def infer(
     largest_component: bool = False,
     tta: bool | str | None = None,
     rtstruct: bool | str = False,
+    engine: str = "torch",
 ) -> BatchReport:
     """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid).
 
     A DICOM series input also gets ``<case>_seg.dcm`` (DICOM SEG) and, with ``rtstruct``,
     ``<case>_rtstruct.dcm`` (RT Structure Set), both referencing the source series.
     ``checkpoint`` may be a list: the models are ensembled (class probabilities averaged).
+    ``engine`` runs the network forward in ``torch`` (default) or an exported engine
+    (``torchscript``, ``onnxruntime``, ``openvino``, ``tensorrt``: :mod:`medunet.engines`; the
+    checkpoint's ``medunet export`` folder when present, else one exported at start).
     """
     from medunet.export.case import write_derived_dicom
 
@@ -331,6 +335,7 @@ def infer(
         device,
         largest_component=as_bool(largest_component, "largest_component"),
         tta=None if tta in (None, "auto") else as_bool(tta, "tta"),
+        **({"engine": str(engine)} if engine not in (None, "", "torch") else {}),
     )
     report = BatchReport()
     paths = expand_inputs(inputs)

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "medunet.cli.dataset",
     "medunet.cli.dicom",
     "medunet.cli.predict",
+    "medunet.cli.engines",
     "medunet.cli.review",
     "medunet.cli.networks",
 )

@@ -187,14 +187,16 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
     from medunet.inference import Predictor
     from medunet.inference.predictor import DEFAULT_TTA
 
-    checkpoints = (
-        [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint(Path(args.bundle))]
-    )
     tuning = {"overlap": args.overlap} if args.overlap is not None else {}
     if args.tta is None:
         args.tta = DEFAULT_TTA
-    predictor = Predictor.from_checkpoint(
-        checkpoints,
+    engine = getattr(args, "engine", "torch") or "torch"
+    engine_model = getattr(args, "engine_model", None)
+    if engine == "torch" and engine_model:
+        raise ConfigError(
+            engine_model, "--engine-model needs --engine onnxruntime/openvino/torchscript/tensorrt"
+        )
+    settings: dict = dict(
         device=args.device,
         sw_batch_size=args.sw_batch_size,
         crop_foreground=args.crop_foreground,
@@ -205,6 +207,17 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
         postprocess=args.postprocess,
         resample_scores=not args.resample_labels,
     )
+    if engine != "torch" and engine_model and not args.checkpoint:
+        # the artefact alone: plans and model identity come from its metadata
+        checkpoints = [Path(engine_model)]
+        predictor = Predictor.from_engine(engine_model, engine=engine, **settings)
+    else:
+        checkpoints = (
+            [Path(c) for c in args.checkpoint] if args.checkpoint else [default_checkpoint(Path(args.bundle))]
+        )
+        if engine != "torch":
+            settings.update(engine=engine, engine_model=engine_model)
+        predictor = Predictor.from_checkpoint(checkpoints, **settings)
     intensity = predictor.plans.intensity
     window = (intensity.a_min, intensity.a_max) if intensity.kind == "ct_window" else None
     options = {
@@ -217,6 +230,9 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
         "overlap": predictor.overlap,
         "rtstruct": args.rtstruct,
     }
+    if predictor.engine_artifact is not None:  # recorded only off the default, so torch runs keep their ids
+        artifact = predictor.engine_artifact
+        options["engine"] = {"name": engine, "format": artifact.format, "precision": artifact.precision}
     return _Setup(predictor, checkpoints[0], window, options)
 
 
@@ -543,6 +559,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write uncertainty.nii.gz and a review_queue.csv ranking cases x organs",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    from medunet.cli.engines import add_engine_arguments
+
+    add_engine_arguments(p)
     p.add_argument(
         "--sw-batch-size",
         type=int,

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from medunet.inference.scores import (
 from medunet.io.volume import Volume
 from medunet.plans import BODY_HU, Intensity, Plans
 from medunet.transforms import LR_AXIS
+
+if TYPE_CHECKING:
+    from medunet.engines import EngineArtifact
 
 logger = logging.getLogger(__name__)
 
@@ -248,20 +251,42 @@ class Predictor:
         self.checkpoint: Path | None = None
         self.checkpoint_sha256: str | None = None
         self.checkpoints: list[Path] = []
+        #: the runtime of the network forward (``medunet.engines``); ``"torch"``: the eager network
+        self.engine = "torch"
+        self.engine_artifact: EngineArtifact | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path | Sequence[str | Path], **kwargs: object) -> Predictor:
+    def from_checkpoint(
+        cls,
+        path: str | Path | Sequence[str | Path],
+        *,
+        engine: str = "torch",
+        engine_model: str | Path | None = None,
+        **kwargs: object,
+    ) -> Predictor:
         """Rebuild the network(s) and plans stored in one checkpoint or several (an ensemble).
 
         An ensemble's members must preprocess identically (same labels, spacing, patch, intensity,
         dimensionality); their class probabilities are averaged. The first member's plans (its
         post-processing choice and mirror axes) are used.
+
+        ``engine`` other than ``"torch"`` runs the network forward in an exported engine
+        (:func:`medunet.engines.open_engine`: ``engine_model``, else the checkpoint's default export,
+        else one made now); the artefact must come from this checkpoint.
         """
         from medunet.training.checkpoint import load_model
 
         paths = [Path(p) for p in ([path] if isinstance(path, str | Path) else path)]
         if not paths:
             raise ValueError("no checkpoint given")
+        if engine != "torch":
+            if len(paths) > 1:
+                raise ConfigError(
+                    paths[1], f"engine {engine!r} runs one model; ensembles run with engine torch"
+                )
+            predictor = cls.from_engine(engine_model, engine=engine, checkpoint=paths[0], **kwargs)
+            predictor.checkpoint_sha256 = _file_sha256(paths[0])
+            return predictor
         loaded = [load_model(p) for p in paths]
         plans = loaded[0][1]
         for p, (_, other) in zip(paths[1:], loaded[1:], strict=True):
@@ -276,6 +301,39 @@ class Predictor:
         predictor.checkpoint_sha256 = (
             digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
         )
+        return predictor
+
+    @classmethod
+    def from_engine(
+        cls,
+        engine_model: str | Path | None,
+        *,
+        engine: str,
+        checkpoint: str | Path | None = None,
+        **kwargs: object,
+    ) -> Predictor:
+        """A Predictor whose network forward runs in ``engine`` (``onnxruntime``, ``openvino``,
+        ``torchscript``, ``tensorrt``) from the artefact ``engine_model`` (``medunet export``), with the
+        plans recorded in it. Everything around the forward is this class's code, unchanged.
+        """
+        from medunet.engines import open_engine
+
+        device = kwargs.pop("device", "auto")
+        if str(device) == "auto":
+            device = "cuda" if engine == "tensorrt" else "cpu"
+        kwargs.setdefault("amp", False)  # engines compute in their own precision (fp32 or int8)
+        runner, artifact = open_engine(
+            engine, checkpoint=checkpoint, engine_model=engine_model, device=device
+        )
+        predictor = cls(runner, artifact.plans, device=device, **kwargs)  # type: ignore[arg-type]
+        predictor.engine = engine
+        predictor.engine_artifact = artifact
+        if checkpoint is not None:
+            predictor.checkpoint = Path(checkpoint)
+            predictor.checkpoints = [Path(checkpoint)]
+        else:
+            predictor.checkpoint = artifact.model_path
+        predictor.checkpoint_sha256 = artifact.checkpoint_sha256 or artifact.identity
         return predictor
 
     # ------------------------------------------------------------------ preprocessing
