@@ -373,7 +373,10 @@ def _run(kind: str, setup: Setup, paths: list[str], out_dir: str, isolate: bool)
 
 
 def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str, Any]:
-    """Dice per foreground label between two mask files (same grid required); both empty counts 1.0."""
+    """Dice per foreground label between two mask files (same grid required).
+
+    A label absent from both masks is ``None`` ("absent"), never 1.0: agreement on nothing is no evidence.
+    """
     import nibabel as nib
 
     a_img, b_img = nib.load(stock_path), nib.load(medunet_path)
@@ -381,11 +384,11 @@ def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str,
     b = np.asanyarray(b_img.dataobj).astype(np.int32).squeeze()
     if a.shape != b.shape:
         raise AssertionError(f"mask shapes differ: stock {a.shape} vs medunet {b.shape}")
-    dice: dict[int, float] = {}
+    dice: dict[int, float | None] = {}
     for lab in range(1, num_classes):
         sa, sb = a == lab, b == lab
         denom = int(sa.sum()) + int(sb.sum())
-        dice[lab] = 1.0 if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
+        dice[lab] = None if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
     return {
         "dice": dice,
         "voxels_stock": {lab: int((a == lab).sum()) for lab in range(1, num_classes)},
@@ -393,6 +396,12 @@ def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str,
         "shape": a.shape,
         "label_fractions": {int(k): float(v) for k, v in zip(*np.unique(b, return_counts=True), strict=True)},
     }
+
+
+def _min_present(values: Any) -> float | None:
+    """The lowest Dice over cases, ignoring cases where the label is absent from both masks."""
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
 
 def _smoke_volume(tmp: Path) -> Path:
@@ -516,7 +525,8 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
     for key in ("default", "equal"):
         med = results[key]
         agree = [agreement(a, b, num_classes) for a, b in zip(stock["outputs"], med["outputs"], strict=True)]
-        dice = {lab: min(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
+        dice = {lab: _min_present(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
+        present = [d for d in dice.values() if d is not None]
         input_f32_mb = sum(int(np.prod(a["shape"])) * 4 for a in agree) / len(agree) / 2**20
         n_windows = sum(_count_windows(g, setup.patch, med["overlap"]) for g in med["grid_shapes"])
         net_s, net_m = stock["stages_s"]["sliding_window"], med["stages_s"]["sliding_window"]
@@ -525,7 +535,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
                 name=f"inference_{name}_{key}",
                 stock_s=stock["total_s"],
                 medunet_s=med["total_s"],
-                agreement=min(dice.values()),
+                agreement=min(present) if present else float("nan"),
                 agreement_label="min_fg_dice",
                 extra={
                     "settings": key,
@@ -568,7 +578,10 @@ def _print(rows: list[Row], results: dict[str, dict[str, Any]], setup: Setup) ->
         e, med = row.extra, row.extra["medunet"]
         net = e["network_stage_s"]
         rss = e["peak_rss_x_input"]
-        dice = ", ".join(f"{lab}: {d:.4f}" for lab, d in e["dice_per_label_min_over_cases"].items())
+        dice = ", ".join(
+            f"{lab}: {'absent' if d is None else f'{d:.4f}'}"
+            for lab, d in e["dice_per_label_min_over_cases"].items()
+        )
         print(
             f"{e['settings']:<9} {med['overlap']:>7} {med['mode']:>9} {str(med['crop_foreground']):>5} "
             f"{net['stock']:>12.2f} {net['medunet']:>14.2f} {e['network_stage_ratio']:>8.2f}x "

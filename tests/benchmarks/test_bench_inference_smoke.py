@@ -26,7 +26,9 @@ def test_bench_inference_smoke(tmp_path: Path, smoke) -> None:
             assert min(case["voxels_stock"].values()) > 0  # every organ present in stock's mask
         # Coarse smoke voxels (2x2x3 mm vs a 1.5x1.5x2 mm network grid) make boundaries a large share
         # of each organ; the full-size benchmark reports the real agreement.
-        assert row["agreement"] == min(extra["dice_per_label_min_over_cases"].values()) >= 0.85
+        per_label = extra["dice_per_label_min_over_cases"]
+        assert None not in per_label.values()  # every organ present, so none reported "absent"
+        assert row["agreement"] == min(per_label.values()) >= 0.85
         for kind in ("stock", "medunet"):
             assert set(extra[kind]["stages_s"]) == {
                 "load",
