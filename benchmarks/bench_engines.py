@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Row, add_cache_dir_argument, bench_cache_dir, timeit, write_results
+from benchmarks.common import (
+    Row,
+    add_cache_dir_argument,
+    bench_cache_dir,
+    dice_per_label,
+    timeit,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +51,6 @@ VARIANTS = (
     ("onnxruntime_int8", "onnxruntime", "onnx", True),
     ("openvino_int8", "openvino", "openvino", True),
 )
-
-
-def dice_per_label(a: np.ndarray, b: np.ndarray, labels: list[int]) -> dict[int, float | None]:
-    """Dice of each foreground label between two label maps (``None`` when both lack it: no evidence)."""
-    out: dict[int, float | None] = {}
-    for k in labels:
-        x, y = a == k, b == k
-        denom = int(x.sum()) + int(y.sum())
-        out[k] = None if denom == 0 else 2.0 * int((x & y).sum()) / denom
-    return out
 
 
 def _smoke_checkpoint(folder: Path) -> Path:

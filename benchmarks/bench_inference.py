@@ -46,7 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import HEADER, Row, add_cache_dir_argument, bench_cache_dir, print_row, write_results
+from benchmarks.common import (
+    HEADER,
+    Row,
+    add_cache_dir_argument,
+    bench_cache_dir,
+    dice_per_label,
+    print_row,
+    write_results,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -384,13 +392,8 @@ def agreement(stock_path: str, medunet_path: str, num_classes: int) -> dict[str,
     b = np.asanyarray(b_img.dataobj).astype(np.int32).squeeze()
     if a.shape != b.shape:
         raise AssertionError(f"mask shapes differ: stock {a.shape} vs medunet {b.shape}")
-    dice: dict[int, float | None] = {}
-    for lab in range(1, num_classes):
-        sa, sb = a == lab, b == lab
-        denom = int(sa.sum()) + int(sb.sum())
-        dice[lab] = None if denom == 0 else 2.0 * int((sa & sb).sum()) / denom
     return {
-        "dice": dice,
+        "dice": dice_per_label(a, b, list(range(1, num_classes))),
         "voxels_stock": {lab: int((a == lab).sum()) for lab in range(1, num_classes)},
         "affine_max_diff": float(np.abs(a_img.affine - b_img.affine).max()),
         "shape": a.shape,

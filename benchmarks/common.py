@@ -66,6 +66,17 @@ class Timing:
     repeats: int
 
 
+def dice_per_label(a: Any, b: Any, labels: list[int]) -> dict[int, float | None]:
+    """Dice of each foreground label between two label maps (``None`` when both lack it: agreement on
+    nothing is no evidence, never 1.0)."""
+    out: dict[int, float | None] = {}
+    for k in labels:
+        x, y = a == k, b == k
+        denom = int(x.sum()) + int(y.sum())
+        out[k] = None if denom == 0 else 2.0 * int((x & y).sum()) / denom
+    return out
+
+
 def timeit(fn: Callable[[], T], *, repeats: int = 3, warmup: int = 0) -> tuple[Timing, T]:
     """Run ``fn`` ``warmup + repeats`` times; return the timing of the measured runs and the last result."""
     result: T

@@ -26,6 +26,7 @@ from typing import Any
 
 from medunet.errors import ConfigError, EngineError, EngineMismatchError
 from medunet.io.atomic import atomic_write_text
+from medunet.io.digest import file_sha256, recorded_sha256
 from medunet.plans import Plans
 
 ARTIFACT_FORMAT = "medunet-engine/1"
@@ -57,15 +58,6 @@ def plans_sha256(plans: Plans | dict[str, Any]) -> str:
     d = plans.to_dict() if isinstance(plans, Plans) else plans
     text = json.dumps(d, sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plans_differences(a: Plans, b: Plans) -> list[str]:
@@ -170,9 +162,7 @@ class EngineArtifact:
     ) -> None:
         """Refuse to run with a checkpoint or plans other than the ones the artefact was exported from."""
         if checkpoint is not None and checkpoint_sha256 is None:
-            from medunet.inference.predictor import _file_sha256
-
-            checkpoint_sha256 = _file_sha256(Path(checkpoint))
+            checkpoint_sha256 = recorded_sha256(checkpoint)
         recorded = self.checkpoint_sha256
         if checkpoint_sha256 is not None and recorded is not None and checkpoint_sha256 != recorded:
             if checkpoint is not None and plans is None:

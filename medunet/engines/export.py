@@ -31,12 +31,12 @@ from medunet.engines.artifact import (
     OUTPUT_NAME,
     EngineArtifact,
     default_output,
-    file_sha256,
     plans_sha256,
     write_metadata,
 )
 from medunet.engines.runtime import load_runner, require, runtime_available
 from medunet.errors import ConfigError, EngineError
+from medunet.io.digest import file_sha256, recorded_sha256
 from medunet.plans import Plans
 
 logger = logging.getLogger(__name__)
@@ -221,9 +221,7 @@ def export_module(
         files = {p.name: file_sha256(p) for p in sorted(partial.iterdir()) if p.is_file()}
         ckpt_sha = checkpoint_sha256
         if ckpt_sha is None and checkpoint is not None:
-            from medunet.inference.predictor import _file_sha256
-
-            ckpt_sha = _file_sha256(Path(checkpoint))
+            ckpt_sha = recorded_sha256(checkpoint)
         meta: dict[str, Any] = {
             "format": ARTIFACT_FORMAT,
             "engine_format": fmt,

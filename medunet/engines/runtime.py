@@ -22,25 +22,16 @@ from medunet.errors import EngineError, EngineUnavailableError
 
 logger = logging.getLogger(__name__)
 
-#: The pip requirement that provides each runtime (for the error message).
-RUNTIME_PACKAGES = {
-    "onnxruntime": "onnxruntime",
-    "openvino": "openvino",
-    "onnx": "onnx",
-    "tensorrt": "tensorrt",
-}
-
 
 def require(module: str, what: str) -> Any:
     """Import ``module`` or raise :class:`EngineUnavailableError` saying which package ``what`` needs."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = RUNTIME_PACKAGES.get(module, module)
         raise EngineUnavailableError(
             None,
             f"{what} needs the {module!r} package ({exc}); install it with "
-            f"pip install 'medunet[engines]' (or pip install {package})",
+            f"pip install 'medunet[engines]' (or pip install {module})",
         ) from None
 
 

@@ -47,6 +47,7 @@ from medunet.inference.scores import (
     mirror_dims,
     softmax_channels_,
 )
+from medunet.io.digest import recorded_sha256
 from medunet.io.volume import Volume
 from medunet.plans import BODY_HU, Intensity, Plans
 from medunet.transforms import LR_AXIS
@@ -145,17 +146,6 @@ def cpu_has_bf16(flags: str | None = None) -> bool:
         flags = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
     have = set(flags.split())
     return bool({"avx512_bf16", "amx_bf16"} & have)
-
-
-def _file_sha256(path: Path) -> str:
-    sidecar = path.with_name(path.name + ".sha256")
-    if sidecar.is_file():
-        return sidecar.read_text().strip().split()[0]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Predictor:
@@ -285,7 +275,7 @@ class Predictor:
                     paths[1], f"engine {engine!r} runs one model; ensembles run with engine torch"
                 )
             predictor = cls.from_engine(engine_model, engine=engine, checkpoint=paths[0], **kwargs)
-            predictor.checkpoint_sha256 = _file_sha256(paths[0])
+            predictor.checkpoint_sha256 = recorded_sha256(paths[0])
             return predictor
         loaded = [load_model(p) for p in paths]
         plans = loaded[0][1]
@@ -297,7 +287,7 @@ class Predictor:
         predictor = cls([n for n, _ in loaded], plans, **kwargs)  # type: ignore[arg-type]
         predictor.checkpoint = paths[0]
         predictor.checkpoints = paths
-        digests = [_file_sha256(p) for p in paths]
+        digests = [recorded_sha256(p) for p in paths]
         predictor.checkpoint_sha256 = (
             digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
         )

@@ -19,6 +19,7 @@ import torch
 
 from medunet.errors import CheckpointError
 from medunet.io.atomic import atomic_write_bytes, atomic_write_text
+from medunet.io.digest import sidecar_path
 from medunet.plans import Plans
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     buffer = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     payload = buffer.getvalue()
-    digest_path = _digest_path(path)
+    digest_path = sidecar_path(path)
     digest_path.unlink(missing_ok=True)
     atomic_write_bytes(path, payload)
     atomic_write_text(digest_path, hashlib.sha256(payload).hexdigest() + "\n")
@@ -53,7 +54,7 @@ def load_checkpoint(
         raise CheckpointError(path, "checkpoint file does not exist")
     payload = path.read_bytes()
     if verify:
-        digest_path = _digest_path(path)
+        digest_path = sidecar_path(path)
         if not digest_path.is_file():
             raise CheckpointError(
                 path, f"no checksum file {digest_path.name}: incomplete or foreign checkpoint"
@@ -97,7 +98,3 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
             path, f"weights do not fit network {plans.network!r}: {str(exc).splitlines()[0]}"
         ) from None
     return net.eval(), plans
-
-
-def _digest_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
