@@ -51,6 +51,11 @@ class Plans:
     ``target_spacing`` is in mm along R, A, S (images are reoriented to RAS first). ``patch_size`` has
     ``spatial_dims`` entries (2D patches are axial slices: the R and A axes).
 
+    ``context_slices`` (2D only) gives the network that many neighbouring axial slices on each side of
+    the slice it segments, stacked as extra input channels ("2.5D"): the network sees where along
+    the body axis it is, which a single slice cannot tell (where the brainstem ends and the cord
+    begins). The network then takes :attr:`network_in_channels` channels.
+
     ``mirror_axes`` are the RAS axes the network was trained to see mirrored (axis 0 = left/right,
     always with the left/right label pairs swapped); test-time augmentation mirrors only these.
     ``postprocessing`` maps an organ name to the clean-up steps validation showed to help it
@@ -68,6 +73,7 @@ class Plans:
     network: str = "unet"
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     mirror_axes: tuple[int, ...] = ()
+    context_slices: int = 0
     postprocessing: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rationale: dict[str, str] = field(default_factory=dict)
 
@@ -84,6 +90,10 @@ class Plans:
             raise ConfigError(
                 None, f"mirror_axes {self.mirror_axes} must be spatial axes < {self.spatial_dims}"
             )
+        if self.context_slices < 0 or (self.context_slices and self.spatial_dims != 2):
+            raise ConfigError(
+                None, f"context_slices must be >= 0 and needs a 2D network, got {self.context_slices}"
+            )
         unknown = set(self.postprocessing) - set(self.organ_names)
         if unknown:
             raise ConfigError(None, f"postprocessing names unknown organs: {sorted(unknown)}")
@@ -96,6 +106,16 @@ class Plans:
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
+
+    @property
+    def slice_stack(self) -> int:
+        """Axial slices one 2D network input covers (1 without context; 1 for 3D networks)."""
+        return 2 * self.context_slices + 1
+
+    @property
+    def network_in_channels(self) -> int:
+        """Input channels of the network: image channels times the slices of a 2.5D stack."""
+        return self.in_channels * self.slice_stack
 
     @property
     def organ_names(self) -> list[str]:
@@ -120,6 +140,7 @@ class Plans:
                 network=str(d.get("network", "unet")),
                 network_kwargs=dict(d.get("network_kwargs", {})),
                 mirror_axes=tuple(int(a) for a in d.get("mirror_axes", ())),
+                context_slices=int(d.get("context_slices", 0)),
                 postprocessing={
                     str(k): tuple(str(x) for x in v) for k, v in d.get("postprocessing", {}).items()
                 },

@@ -57,6 +57,7 @@ from monai.transforms import (
 
 from medunet.io.monai_reader import DicomSeriesReader
 from medunet.plans import BODY_HU, Plans
+from medunet.slices import stack_patch
 
 IMAGE, LABEL = "image", "label"
 INDICES = "label_cls_indices"
@@ -160,7 +161,9 @@ def train_random_transforms(plans: Plans, aug: Augmentation | None = None) -> Co
 
     Patches are centred on each class with equal probability by default (``class_ratios``), so a
     small organ such as the aorta is sampled as often as the liver. For ``spatial_dims == 2`` the
-    patch is one axial slice (the third axis is squeezed away) and the affine is 2D.
+    patch is one axial slice (the third axis is squeezed away) and the affine is 2D; with
+    ``plans.context_slices`` the crop spans the slice's neighbours too, which become image channels
+    (:class:`SliceStackd`) while the label keeps the centre slice.
     """
     aug = aug or Augmentation()
     keys = (IMAGE, LABEL)
@@ -181,7 +184,7 @@ def train_random_transforms(plans: Plans, aug: Augmentation | None = None) -> Co
         DeleteItemsd(INDICES),
     ]
     if plans.spatial_dims == 2:
-        chain.append(SqueezeDimd(keys, dim=3))
+        chain.append(SliceStackd(IMAGE, LABEL) if plans.context_slices else SqueezeDimd(keys, dim=3))
     dims = plans.spatial_dims
     rot = np.deg2rad(aug.rotate_deg)
     chain.append(
@@ -270,6 +273,24 @@ class RandFlipSwapLRd(RandomizableTransform, MapTransform):
         return d
 
 
+class SliceStackd(MapTransform):
+    """A 2.5D training crop: image ``(C, X, Y, k)`` -> ``(C * k, X, Y)`` (the slices as channels, in the
+    order the Predictor stacks them), label ``(1, X, Y, k)`` -> its centre slice ``(1, X, Y)``."""
+
+    def __init__(self, image_key: str = IMAGE, label_key: str = LABEL) -> None:
+        MapTransform.__init__(self, (image_key, label_key))
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image = torch.as_tensor(d[self.image_key])
+        label = torch.as_tensor(d[self.label_key])
+        d[self.image_key] = stack_patch(image)
+        d[self.label_key] = label[..., label.shape[-1] // 2]
+        return d
+
+
 class Above:
     """Picklable foreground selector for ``CropForegroundd``: voxels strictly above ``threshold``."""
 
@@ -284,13 +305,17 @@ class Above:
 
 
 def _crop_size(plans: Plans) -> tuple[int, ...]:
-    """3D crop size used for sampling: the patch itself, or one axial slice of it for 2D."""
-    return tuple(plans.patch_size) if plans.spatial_dims == 3 else (*plans.patch_size, 1)
+    """3D crop size used for sampling: the patch itself, or the axial slice (with its 2.5D context) for 2D.
+
+    The sampled voxel is the crop's centre, so for 2.5D it lies on the centre slice, the one labelled.
+    """
+    return tuple(plans.patch_size) if plans.spatial_dims == 3 else (*plans.patch_size, plans.slice_stack)
 
 
 __all__ = [
     "Augmentation",
     "RandFlipSwapLRd",
+    "SliceStackd",
     "Transform",
     "inference_transforms",
     "intensity_transform",

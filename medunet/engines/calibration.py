@@ -25,6 +25,7 @@ from medunet.engines.artifact import INPUT_NAME
 from medunet.engines.runtime import require
 from medunet.errors import DatasetError, EngineError, MedunetError
 from medunet.plans import Plans
+from medunet.slices import axial_stacks
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _case_patches(x: torch.Tensor, plans: Plans, per_case: int) -> list[np.ndarr
         zs = np.linspace(0, depth - 1, num=min(depth, max(per_case * 2, 1))).round().astype(int)
         candidates = []
         for z in sorted(set(zs.tolist())):
-            sl = _pad_to(x[0, ..., z], patch)
+            sl = _pad_to(axial_stacks(x[0], z, z + 1, plans.context_slices)[0], patch)  # with 2.5D context
             candidates += [sl[(slice(None), *w)] for w in _windows(tuple(sl.shape[1:]), patch)]
     body = [c for c in candidates if float((c > floor).float().mean()) >= 0.05] or candidates
     picks = np.linspace(0, len(body) - 1, num=min(per_case, len(body))).round().astype(int)

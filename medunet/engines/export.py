@@ -70,7 +70,7 @@ class _ExportWrapper(torch.nn.Module):
 def example_input(plans: Plans, batch: int = 2, seed: int = 0) -> torch.Tensor:
     """A seeded batch of patch-size windows in ``[0, 1]`` (the CT window's range)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.rand((batch, plans.in_channels, *plans.patch_size), generator=g)
+    return torch.rand((batch, plans.network_in_channels, *plans.patch_size), generator=g)
 
 
 def _export_onnx(module: torch.nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
@@ -214,7 +214,7 @@ def export_module(
                 from medunet.engines.tensorrt import build_engine
 
                 extra["tensorrt"] = build_engine(
-                    onnx_path, partial / model_file, plans.patch_size, plans.in_channels,
+                    onnx_path, partial / model_file, plans.patch_size, plans.network_in_channels,
                     max_batch=max_batch, int8=int8,
                 )  # fmt: skip
                 onnx_path.unlink()
@@ -234,8 +234,8 @@ def export_module(
                 "name": INPUT_NAME,
                 "dtype": "float32",
                 "layout": "NC" + "XYZ"[: plans.spatial_dims],
-                "channels": plans.in_channels,
-                "shape": [None, plans.in_channels, *plans.patch_size],
+                "channels": plans.network_in_channels,
+                "shape": [None, plans.network_in_channels, *plans.patch_size],
                 "dynamic_axes": "batch and spatial" if fmt != "tensorrt" else "batch",
             },
             "output": {

@@ -50,6 +50,7 @@ from medunet.inference.scores import (
 from medunet.io.digest import recorded_sha256
 from medunet.io.volume import Volume
 from medunet.plans import BODY_HU, Intensity, Plans
+from medunet.slices import axial_stacks
 from medunet.transforms import LR_AXIS
 
 if TYPE_CHECKING:
@@ -112,7 +113,14 @@ def normalize_intensity(t: torch.Tensor, intensity: Intensity) -> torch.Tensor:
 
 def _preprocessing_key(plans: Plans) -> tuple:
     """What ensemble members must share: everything that shapes the input and the output channels."""
-    return (plans.labels, plans.target_spacing, plans.spatial_dims, plans.intensity, plans.in_channels)
+    return (
+        plans.labels,
+        plans.target_spacing,
+        plans.spatial_dims,
+        plans.intensity,
+        plans.in_channels,
+        plans.context_slices,
+    )
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -455,10 +463,11 @@ class Predictor:
             yield slice(None), self._sliding(x)[0]
             return
         depth = x.shape[-1]
-        slices = x[0].permute(3, 0, 1, 2)  # (Z', C, X', Y'): axial slices as a batch
         for start in range(0, depth, self.slice_batch_size):
             stop = min(depth, start + self.slice_batch_size)
-            logits = self._sliding(slices[start:stop].contiguous())  # (n, K, X', Y')
+            # (n, C * slice_stack, X', Y'): axial slices (with their 2.5D context) as a batch
+            stacks = axial_stacks(x[0], start, stop, self.plans.context_slices)
+            logits = self._sliding(stacks.contiguous())  # (n, K, X', Y')
             yield slice(start, stop), logits.permute(1, 2, 3, 0)
 
     def _postprocess(self, labels: np.ndarray) -> np.ndarray:

@@ -403,7 +403,7 @@ class MLflowTracker:
             except (CheckpointError, RuntimeError) as exc:
                 logger.warning("MLflow: best checkpoint not usable (%s); logging the last weights", exc)
         plans = self._plans()
-        in_channels = plans.in_channels if plans else 1
+        in_channels = plans.network_in_channels if plans else 1
         spatial_dims = plans.spatial_dims if plans else 3
         sizes = _example_sizes(plans)
         self._log_previews(model, plans)

@@ -89,7 +89,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise CheckpointError(path, "checkpoint has no plans: cannot rebuild the network")
     plans = Plans.from_dict(state["plans"])
     net = build_network(
-        plans.network, plans.spatial_dims, plans.in_channels, plans.num_classes, **plans.network_kwargs
+        plans.network,
+        plans.spatial_dims,
+        plans.network_in_channels,
+        plans.num_classes,
+        **plans.network_kwargs,
     )
     try:
         net.load_state_dict(state["model"])

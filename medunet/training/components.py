@@ -22,7 +22,11 @@ logger = logging.getLogger(__name__)
 def build_model(plans: Plans, env: TrainingEnv) -> torch.nn.Module:
     """The network the plans describe, on the training device."""
     net = build_network(
-        plans.network, plans.spatial_dims, plans.in_channels, plans.num_classes, **plans.network_kwargs
+        plans.network,
+        plans.spatial_dims,
+        plans.network_in_channels,
+        plans.num_classes,
+        **plans.network_kwargs,
     )
     n = sum(p.numel() for p in net.parameters())
     logger.info("network %s %dD: %.2fM parameters", plans.network, plans.spatial_dims, n / 1e6)

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 
 from medunet.metrics import MetricsTable, organ_metrics
 from medunet.plans import Plans
+from medunet.slices import SliceStackInferer
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +32,8 @@ def build_inferer(plans: Plans, sw_batch_size: int = 4, overlap: float = 0.5) ->
         "overlap": overlap,
         "mode": "gaussian",
     }
-    if plans.spatial_dims == 2:
-        return SliceInferer(spatial_dim=2, progress=False, **common)
+    if plans.spatial_dims == 2:  # the 2.5D stack is built as the Predictor builds it
+        return SliceStackInferer(context=plans.context_slices, **common)
     return SlidingWindowInferer(**common)
 
 

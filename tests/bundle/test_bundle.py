@@ -71,7 +71,8 @@ def test_resume_continues_the_epoch_count(tiny_dataset, tmp_path):
     assert tuned_plans.patch_size == (32, 32, 32)
 
 
-def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path):
+@pytest.mark.parametrize("context", [0, 2], ids=["single-slice", "2.5D"])
+def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path, context: int):
     from medunet.evaluation import evaluate_run, infer
 
     data = make_tiny_ct_dataset(tmp_path / "ds", n_cases=4)
@@ -82,8 +83,12 @@ def test_2d_network_gives_3d_masks_on_the_source_grid(tmp_path):
     affine[:3, 3] = [80.0, 80.0, 70.0]
     nib.save(nib.Nifti1Image(arr, affine), tmp_path / "test_lpi.nii.gz")
     out = tmp_path / "run2d"
-    run_bundle(data, out, max_epochs=2, spatial_dims=2, patch_size=[32, 32], num_samples=4)
-    assert load_checkpoint(out / "last.pt")["plans"]["spatial_dims"] == 2
+    run_bundle(
+        data, out, max_epochs=2, spatial_dims=2, patch_size=[32, 32], num_samples=4, context_slices=context
+    )
+    plans = load_checkpoint(out / "last.pt")["plans"]
+    assert plans["spatial_dims"] == 2 and plans["context_slices"] == context
+    assert Plans.load(out / "plans.json").network_in_channels == 2 * context + 1
     report = infer(out / "last.pt", tmp_path / "test_lpi.nii.gz", tmp_path / "pred", device="cpu")
     seg_path = tmp_path / "pred" / "test_lpi_seg.nii.gz"
     assert report.outputs == [seg_path]

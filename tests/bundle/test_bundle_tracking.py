@@ -152,7 +152,16 @@ def test_train_json_records_params_metrics_artifacts_tags_and_model(tracked_run:
     assert digest == hashlib.sha256((tracked_run.out / "best.pt").read_bytes()).hexdigest()
     logged_plans = json.loads(Path(client.download_artifacts(tracked_run.run_id, "plans.json")).read_text())
     plans = json.loads((tracked_run.out / "plans.json").read_text())
-    for key in ("labels", "target_spacing", "patch_size", "spatial_dims", "intensity", "network_kwargs"):
+    keys = (
+        "labels",
+        "target_spacing",
+        "patch_size",
+        "spatial_dims",
+        "context_slices",
+        "intensity",
+        "network_kwargs",
+    )
+    for key in keys:
         assert logged_plans[key] == plans[key], key
 
     # The registered model is the best checkpoint's network.
@@ -161,8 +170,8 @@ def test_train_json_records_params_metrics_artifacts_tags_and_model(tracked_run:
     (version,) = client.search_model_versions("name='medunet-ct_organs'")
     assert version.run_id == tracked_run.run_id and int(version.version) == 1
     model = mlflow.pytorch.load_model(f"models:/medunet-ct_organs/{version.version}", map_location="cpu")
-    reference, _ = load_model(tracked_run.out / "best.pt")
-    x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference, ref_plans = load_model(tracked_run.out / "best.pt")
+    x = torch.randn(1, ref_plans.network_in_channels, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), reference(x), rtol=0, atol=0)
 
