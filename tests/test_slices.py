@@ -145,20 +145,23 @@ def test_plans_keep_context_and_refuse_it_for_3d() -> None:
         Plans(labels=LABELS, target_spacing=(1, 1, 1), patch_size=(8, 8, 8), spatial_dims=3, context_slices=1)
 
 
+def _planned(dims: int, context: int | str):
+    from tests.training.test_planning import _fine_fingerprint
+
+    labels = {0: "background", 1: "liver", 2: "spleen"}
+    datalist = Datalist(name="d", root=Path("."), labels=labels, modalities={0: "CT"})
+    env = TrainingEnv(device=torch.device("cpu"), seed=0)
+    return make_plans(
+        datalist, _fine_fingerprint((1.0, 1.0, 3.0)), env, spatial_dims=dims, context_slices=context
+    )
+
+
 @pytest.mark.parametrize(
     ("dims", "requested", "expected"),
     [(2, "auto", 0), (3, "auto", 0), (2, 0, 0), (2, 2, 2), (2, "3", 3)],
 )
 def test_planner_context_default_and_override(dims: int, requested: int | str, expected: int) -> None:
-    from tests.training.test_planning import _fine_fingerprint
-
-    datalist = Datalist(
-        name="d", root=Path("."), labels={0: "background", 1: "liver", 2: "spleen"}, modalities={0: "CT"}
-    )
-    env = TrainingEnv(device=torch.device("cpu"), seed=0)
-    plans = make_plans(
-        datalist, _fine_fingerprint((1.0, 1.0, 3.0)), env, spatial_dims=dims, context_slices=requested
-    )
+    plans = _planned(dims, requested)
     assert plans.context_slices == expected
     assert plans.rationale["context_slices"]
     assert plans.network_in_channels == 2 * expected + 1
@@ -166,15 +169,10 @@ def test_planner_context_default_and_override(dims: int, requested: int | str, e
     assert AUTO_CONTEXT_SLICES == 0
 
 
-def test_planner_refuses_context_for_3d() -> None:
-    from tests.training.test_planning import _fine_fingerprint
-
-    datalist = Datalist(
-        name="d", root=Path("."), labels={0: "background", 1: "liver", 2: "spleen"}, modalities={0: "CT"}
-    )
-    env = TrainingEnv(device=torch.device("cpu"), seed=0)
-    with pytest.raises(ConfigError, match="2D network"):
-        make_plans(datalist, _fine_fingerprint((1.0, 1.0, 3.0)), env, spatial_dims=3, context_slices=2)
+@pytest.mark.parametrize("bad", [(3, 2), (2, -1), (2, "two")])
+def test_planner_refuses_bad_context(bad: tuple[int, int | str]) -> None:
+    with pytest.raises(ConfigError, match="context_slices"):
+        _planned(*bad)
 
 
 def test_ensemble_members_must_share_the_slice_context(tmp_path: Path) -> None:
