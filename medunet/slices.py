@@ -22,10 +22,10 @@ SLICES_PER_CALL = 16
 def axial_stacks(volume: torch.Tensor, start: int, stop: int, context: int) -> torch.Tensor:
     """``(C, X, Y, Z)`` -> ``(stop - start, C * (2 * context + 1), X, Y)``: slices ``start..stop-1``,
     each with ``context`` neighbours on either side as extra channels (edge slices repeated)."""
-    channels, nx, ny, depth = volume.shape
-    k = 2 * context + 1
     if context == 0:
         return volume[..., start:stop].permute(3, 0, 1, 2)
+    channels, nx, ny, depth = volume.shape
+    k = 2 * context + 1
     z = torch.arange(start, stop, device=volume.device)[:, None] + torch.arange(
         -context, context + 1, device=volume.device
     )

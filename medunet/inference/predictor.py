@@ -265,8 +265,8 @@ class Predictor:
         """Rebuild the network(s) and plans stored in one checkpoint or several (an ensemble).
 
         An ensemble's members must preprocess identically (same labels, spacing, patch, intensity,
-        dimensionality, 2.5D slice context); their class probabilities are averaged. The first member's plans (its
-        post-processing choice and mirror axes) are used.
+        dimensionality, 2.5D slice context); their class probabilities are averaged. The first
+        member's plans (its post-processing choice and mirror axes) are used.
 
         ``engine`` other than ``"torch"`` runs the network forward in an exported engine
         (:func:`medunet.engines.open_engine`: ``engine_model``, else the checkpoint's default export,

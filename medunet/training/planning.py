@@ -134,15 +134,12 @@ def _context_slices(spatial_dims: int, context_slices: int | str | None) -> tupl
             "auto: single axial slices; 2.5D (2 neighbours per side) scored lower on validation at equal "
             "iterations on real head-and-neck CT (bundles/ct_organs/README.md#results)"
         )
-    try:
-        value = int(context_slices)
+    try:  # the range (>= 0, 2D only) is checked where every Plans is: Plans.__post_init__
+        return int(context_slices), "set by the user"
     except (TypeError, ValueError):
         raise ConfigError(
             None, f"context_slices must be 'auto' or an integer >= 0, got {context_slices!r}"
         ) from None
-    if value < 0 or (value and spatial_dims != 2):
-        raise ConfigError(None, f"context_slices={value} needs a 2D network and a value >= 0")
-    return value, "set by the user"
 
 
 def _mirror_axes(labels: dict[int, str], mirror: bool | str) -> tuple[tuple[int, ...], str]:
