@@ -156,11 +156,17 @@ def train_cache_transforms(plans: Plans) -> Compose:
     return Compose(chain)
 
 
-def train_random_transforms(plans: Plans, aug: Augmentation | None = None) -> Compose:
+def train_random_transforms(
+    plans: Plans, aug: Augmentation | None = None, class_weights: Sequence[float] | None = None
+) -> Compose:
     """Random training tail: class-balanced patches, affine, flips, intensity changes.
 
     Patches are centred on each class with equal probability by default (``class_ratios``), so a
-    small organ such as the aorta is sampled as often as the liver. For ``spatial_dims == 2`` the
+    small organ such as the aorta is sampled as often as the liver. ``class_weights`` multiply those
+    ratios (:func:`~medunet.training.data.annotation_balanced_weights`: an organ contoured in a third
+    of a partially contoured dataset's cases gets three times the weight, so over the dataset it is
+    still sampled about as often as the others); a class absent from a case is never a centre there
+    (its weight is shared out among the classes the case has). For ``spatial_dims == 2`` the
     patch is one axial slice (the third axis is squeezed away) and the affine is 2D; with
     ``plans.context_slices`` the crop spans the slice's neighbours too, which become image channels
     (:class:`SliceStackd`) while the label keeps the centre slice.
@@ -170,6 +176,10 @@ def train_random_transforms(plans: Plans, aug: Augmentation | None = None) -> Co
     ratios = list(aug.class_ratios) if aug.class_ratios else [1.0] * plans.num_classes
     if len(ratios) != plans.num_classes:
         raise ValueError(f"class_ratios needs {plans.num_classes} entries, got {len(ratios)}")
+    if class_weights is not None:
+        if len(class_weights) != plans.num_classes:
+            raise ValueError(f"class_weights needs {plans.num_classes} entries, got {len(class_weights)}")
+        ratios = [r * float(w) for r, w in zip(ratios, class_weights, strict=True)]
     chain: list = [
         RandCropByLabelClassesd(
             keys,

@@ -155,3 +155,9 @@ def test_patches_are_class_balanced(tmp_path: Path) -> None:
     counts = np.bincount(_centre_labels(tmp_path, aug, 300), minlength=4)
     assert counts[0] == 0 and counts[3] == 0
     assert abs(counts[2] - 225) <= 4 * np.sqrt(300 * 0.75 * 0.25), counts
+
+
+def test_class_weights_need_one_entry_per_class() -> None:
+    plans = _plans(3)
+    with pytest.raises(ValueError, match="class_weights needs"):
+        train_random_transforms(plans, Augmentation(), class_weights=(1.0, 2.0))

@@ -242,6 +242,20 @@ def make_dataset(
     return PersistentDataset(data, transform, cache_dir=cache_dir)
 
 
+def annotation_balanced_weights(cases: Sequence[Case], num_classes: int) -> tuple[float, ...]:
+    """Patch-sampling weight per class: the number of cases over the number that annotate the class.
+
+    With partially contoured data the class-balanced sampler can only centre a patch on an organ in the
+    cases that contour it, so an organ contoured in 71 of 196 cases (the esophagus in the OpenKBP
+    partial set) would be sampled about a third as often as the spinal cord (201). Weighting it by
+    196 / 71 restores the balance. Fully contoured data gets all ones (nothing changes); background,
+    annotated everywhere, keeps 1; a class no case annotates keeps 1 (it is never sampled anyway).
+    """
+    n = len(cases)
+    counts = [sum(c.is_annotated(k) for c in cases) for k in range(num_classes)]
+    return tuple(round(n / m, 4) if m else 1.0 for m in counts)
+
+
 def train_loader(
     cases: Sequence[Case],
     plans: Plans,
@@ -257,8 +271,18 @@ def train_loader(
     A ``DistributedSampler`` (one replica without DDP) reshuffles from ``(seed, epoch)``, so the order
     of any epoch is the same whether or not the run was resumed. Batches hold ``batch_size`` cases x
     ``num_samples`` patches. Augmentation runs in a background thread while the network trains.
+    Patches are class-balanced over the whole dataset, partial contours included
+    (:func:`annotation_balanced_weights`).
     """
-    transform = _compose(train_cache_transforms(plans), train_random_transforms(plans, augmentation))
+    weights = annotation_balanced_weights(cases, plans.num_classes)
+    if any(w != 1.0 for w in weights):
+        logger.info(
+            "partially contoured cases: patch-sampling weights %s",
+            ", ".join(f"{plans.labels.get(k, k)} {w:.2f}" for k, w in enumerate(weights) if w != 1.0),
+        )
+    transform = _compose(
+        train_cache_transforms(plans), train_random_transforms(plans, augmentation, class_weights=weights)
+    )
     ds = make_dataset(
         cases,
         transform,
