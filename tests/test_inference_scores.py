@@ -198,3 +198,16 @@ def test_box_restricted_resampling_equals_full_resampling() -> None:
         .float(),
         grid,
     ).any()
+
+
+def test_box_around_a_small_interior_organ_equals_full_resampling() -> None:
+    """The box's one-voxel margin: an organ in a small block of network voxels spreads to the RAS
+    positions around it exactly as the full-volume resampling does."""
+    grid = plan_grid((30, 26, 20), np.diag([0.9, 1.1, 2.0, 1.0]), (2.0, 2.0, 3.0))
+    probs = torch.zeros((3, *grid.resampled_shape))
+    probs[0] = 1.0
+    probs[:, 7:9, 5:7, 3:5] = torch.tensor([0.0, 0.2, 0.8])[:, None, None, None]
+    full = resample_to_ras(probs, grid, mode="linear").argmax(0).to(torch.uint8)
+    boxed = labels_from_probabilities(probs, grid)
+    assert int((full == 2).sum()) > 1  # the organ covers more than one source voxel
+    np.testing.assert_array_equal(boxed.numpy(), full.numpy())

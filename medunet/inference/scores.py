@@ -92,7 +92,20 @@ def _lerp_at(t: torch.Tensor, axis: int, positions: torch.Tensor) -> torch.Tenso
     w = (pos - i0).to(t.dtype).view(shape)
     a = t.index_select(axis, i0.to(t.device))
     b = t.index_select(axis, i1.to(t.device))
-    return torch.lerp(a, b, w.to(t.device))
+    return a.lerp_(b, w.to(t.device))  # in place: one slab less at the peak
+
+
+def _foreground_box(labels: torch.Tensor) -> list[tuple[int, int]] | None:
+    """``[(first, last + 1)]`` per axis of the non-zero voxels, or ``None``; no per-voxel index list
+    (``torch.nonzero`` would hold 24 bytes for every foreground voxel at the memory peak)."""
+    fg = labels != 0
+    box = []
+    for axis in range(fg.ndim):
+        hits = torch.nonzero(fg.any(dim=[d for d in range(fg.ndim) if d != axis])).flatten()
+        if hits.numel() == 0:
+            return None
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return box
 
 
 def labels_from_probabilities(
@@ -105,13 +118,12 @@ def labels_from_probabilities(
     network voxels is interpolated; everything else is background.
     """
     out = torch.zeros(grid.ras_shape, dtype=label_dtype, device=probs.device)
-    arg = channel_argmax(probs, label_dtype)  # > 256 classes do not fit uint8
-    nz = torch.nonzero(arg)
-    if nz.numel() == 0:
+    box = _foreground_box(channel_argmax(probs, label_dtype))  # > 256 classes do not fit uint8
+    if box is None:
         return out
-    net_shape = arg.shape
-    lo = [max(0, int(v) - 1) for v in nz.min(0).values.tolist()]
-    hi = [min(n, int(v) + 2) for v, n in zip(nz.max(0).values.tolist(), net_shape, strict=True)]
+    net_shape = probs.shape[1:]
+    lo = [max(0, a - 1) for a, _ in box]
+    hi = [min(n, b + 1) for (_, b), n in zip(box, net_shape, strict=True)]
     # RAS indices i whose network position i / scale lies in [lo, hi - 1].
     scale = grid.scale
     # A box touching the end of the network grid extends to the end of the RAS grid: positions past
