@@ -138,3 +138,44 @@ def test_ensemble_averages_probabilities_to_a_class_neither_member_picks() -> No
     assert ensemble.labels.shape == volume.shape
     expected = torch.tensor([0.30, 0.30, 0.40]).view(3, 1, 1, 1).expand(3, *volume.shape)
     torch.testing.assert_close(torch.from_numpy(ensemble.probabilities), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_network_input_is_freed_before_the_scores_are_used(
+    crop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peak memory: once the 3D sliding window has produced its scores, the network-grid input is gone
+    before the scores are used (softmax, the full-grid probability volume, the way back to the source
+    grid). Before, the predict loop and its chunk generators held it until the loop ended, at the
+    peak-RSS moment of a whole-volume prediction."""
+    import weakref
+
+    import numpy as np
+
+    from medunet.io.volume import Volume
+
+    torch.manual_seed(0)
+    net = UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval()
+    predictor = Predictor(net, _plans(), device="cpu", sw_batch_size=2, crop_foreground=crop)
+    inputs: list[weakref.ref] = []
+    sliding = predictor._sliding
+
+    def remember(x: torch.Tensor) -> torch.Tensor:
+        inputs.append(weakref.ref(x))
+        return sliding(x)
+
+    alive_when_used: list[bool] = []
+    softmax = predictor_module.softmax_channels_
+
+    def check(scores: torch.Tensor) -> torch.Tensor:
+        alive_when_used.append(any(ref() is not None for ref in inputs))
+        return softmax(scores)
+
+    monkeypatch.setattr(predictor, "_sliding", remember)
+    monkeypatch.setattr(predictor_module, "softmax_channels_", check)
+    image = np.full((48, 44, 40), -1000.0, np.float32)
+    image[20:30, 18:26, 16:24] = 40.0  # a body in air, more than the 8-voxel margin from every side
+    pred = predictor.predict(Volume(image, np.eye(4)))
+    assert pred.labels.shape == (48, 44, 40)
+    assert inputs and alive_when_used == [False]
+    assert (pred.network_box is not None) == crop

@@ -454,13 +454,17 @@ class Predictor:
 
     def _logit_chunks(self, x: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(z-slice, class probabilities (K, X', Y', z))`` chunks covering the network grid."""
-        for zs, scores in self._score_chunks(x):
+        chunks = self._score_chunks(x)
+        del x  # only the chunk generator holds the input now (it frees it once the 3D pass is done)
+        for zs, scores in chunks:
             yield zs, (softmax_channels_(scores) if self._averages_logits else scores)
 
     def _score_chunks(self, x: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         """Yield ``(z-slice, blended window scores (K, X', Y', z))`` chunks (see ``_forward``)."""
         if self.plans.spatial_dims == 3:
-            yield slice(None), self._sliding(x)[0]
+            scores = self._sliding(x)[0]
+            del x  # the caller has let go of it too: it is freed before the scores are used
+            yield slice(None), scores
             return
         depth = x.shape[-1]
         for start in range(0, depth, self.slice_batch_size):
@@ -503,11 +507,15 @@ class Predictor:
         want_probs = return_probabilities or self.resample_scores
         whole = box is None and self.plans.spatial_dims == 3
         probs = None
-        if want_probs and not whole:
-            probs = torch.zeros((num_classes, *grid.resampled_shape), device=self.device)
-            probs[0] = 1.0
         inner = (slice(None),) * 3 if box is None else tuple(slice(lo, hi) for lo, hi in box)
-        for zs, p in self._logit_chunks(x):  # class probabilities per chunk
+        chunks = self._logit_chunks(x)  # class probabilities per chunk; holds the input while needed
+        del x
+        for zs, p in chunks:
+            if want_probs and not whole and probs is None:
+                # Allocated after the first chunk, not before: for 3D that is after the sliding
+                # window, so its accumulators and activations are gone (the peak-RSS stage).
+                probs = torch.zeros((num_classes, *grid.resampled_shape), device=self.device)
+                probs[0] = 1.0
             if labels is not None:
                 labels[inner][..., zs] = channel_argmax(p, label_dtype)
             if entropy is not None:
@@ -518,7 +526,7 @@ class Predictor:
             elif probs is not None:
                 probs[(slice(None), *inner)][..., zs] = p
             del p
-        del x
+        del chunks
         t2 = time.perf_counter()
         to_src: Callable[[torch.Tensor, str], np.ndarray] = lambda t, m: (  # noqa: E731
             _from_ras(resample_to_ras(t, grid, mode=m), grid).contiguous().cpu().numpy()
