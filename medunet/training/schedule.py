@@ -289,13 +289,11 @@ def plan_schedule(
             reason += f"; capped at max_epochs {cap}"
             epochs = cap
             interval = max(1, math.ceil(epochs / TARGET_VALIDATIONS))
-        advice = (
-            None
-            if cap is not None
-            else short_run_advice(
+        advice = None
+        if cap is None:  # a capped run asked for its epochs: no advice
+            advice = short_run_advice(
                 epochs, setup_s, s_iter, steps_per_epoch, s_val, reserve_s + s_val, overhead_s
             )
-        )
         if advice:
             reason += f"; {advice}"
             logger.warning("schedule: %s", advice)
