@@ -14,6 +14,12 @@ briefly on the synthetic phantom and cached (``benchmarks.bench_model``), or ``-
   with ``--medunet-overlap`` / ``--medunet-blend`` / ``--no-crop``);
 * ``equal``: stock's settings (same overlap, blending, no crop, fp32, same threads and window batch).
 
+medunet's network runs in its default engine (``--medunet-engine auto``, as ``medunet predict``:
+OpenVINO fp32 on a CPU where it is installed); with a trained checkpoint and an engine other than
+PyTorch a third row, ``equal_torch``, runs the equal settings in PyTorch, so the engine's share of the
+speed-up is visible. The one-off model setup (loading; an engine's first export into the cache) is
+printed apart and not in the totals, as stock's model loading is not.
+
 Each pipeline runs in its own spawned process so its peak RSS is its own. Agreement is Dice per
 foreground label between the two mask files read back from disk (never a fraction of equal voxels,
 which counts the air); the row's agreement is the lowest of them.
@@ -88,6 +94,9 @@ class Setup:
     medunet_blend: str | None = None
     crop_foreground: bool | None = None
     medunet_sw_batch_size: int | None = None  # None: the Predictor's default (2 for 3D on CPU)
+    # medunet's network runtime: "auto" is medunet predict's default (OpenVINO fp32 on a CPU where it is
+    # installed); a random net (no checkpoint to export) always runs in PyTorch
+    engine: str = "auto"
 
 
 class PriorUNet:
@@ -200,9 +209,11 @@ def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, A
     net = net.to(setup.device)
     with torch.inference_mode():  # warm-up: oneDNN picks its kernels on the first call
         net(torch.zeros(setup.sw_batch_size, 1, *(setup.patch,) * 3, device=setup.device))
-    baseline = _rss_mb()
     runner = _stock_runner if kind == "stock" else _medunet_runner
+    t_setup = time.perf_counter()
     run_one = runner(net, plans, setup, out_dir)
+    setup_s = time.perf_counter() - t_setup
+    baseline = _rss_mb()  # the model loaded (and compiled, for an engine): peaks are counted above it
     settings = getattr(
         run_one,
         "settings",
@@ -229,7 +240,9 @@ def _job(kind: str, setup: Setup, paths: list[str], out_dir: str) -> dict[str, A
         "peak_rss_mb": _peak_rss_mb(),
         "baseline_rss_mb": baseline,
         "torch_threads": torch.get_num_threads(),
+        "setup_s": setup_s,
         "crop_foreground": False,
+        "engine": "torch",
         **settings,
     }
     if setup.device.startswith("cuda"):
@@ -318,6 +331,8 @@ def _stock_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: AN
 
 
 def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: ANN202
+    import torch
+
     from medunet.inference import Predictor
     from medunet.io.nifti import read_nifti, write_nifti
 
@@ -328,11 +343,20 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
         own["mode"] = setup.medunet_blend
     if setup.crop_foreground is not None:
         own["crop_foreground"] = setup.crop_foreground
-    predictor = Predictor(
-        net, plans, device=setup.device, sw_batch_size=setup.medunet_sw_batch_size, amp=setup.amp, **own
-    )
+    common = dict(device=setup.device, sw_batch_size=setup.medunet_sw_batch_size, amp=setup.amp, **own)
+    if setup.checkpoint and setup.engine != "torch":
+        # what medunet predict does: the engine export is cached per checkpoint (made now the first time;
+        # setup_s in the results says how long that took)
+        predictor = Predictor.from_checkpoint(setup.checkpoint, engine=setup.engine, **common)
+    else:
+        predictor = Predictor(net, plans, **common)
+    if predictor.engine != "torch":  # warm-up, as _job does for the eager network
+        with torch.inference_mode():
+            predictor.net(torch.zeros(predictor.sw_batch_size, 1, *plans.patch_size))
     logger.info(
-        "medunet Predictor: overlap %s, mode %s, crop_foreground %s",
+        "medunet Predictor: engine %s (%s), overlap %s, mode %s, crop_foreground %s",
+        predictor.engine,
+        predictor.engine_reason,
         predictor.overlap,
         predictor.mode,
         predictor.crop_foreground,
@@ -369,6 +393,7 @@ def _medunet_runner(net: Any, plans: Any, setup: Setup, out_dir: str):  # noqa: 
         "crop_foreground": predictor.crop_foreground,
         "sw_batch_size": predictor.sw_batch_size,
         "amp": predictor.amp,
+        "engine": predictor.engine,
     }
     return run_one
 
@@ -433,6 +458,13 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         help="medunet windows per forward (default: its own)",
     )
     ap.add_argument("--amp", action="store_true", help="medunet: bf16/fp16 autocast (stock stays fp32)")
+    ap.add_argument(
+        "--medunet-engine",
+        default="auto",
+        choices=("auto", "torch", "openvino", "onnxruntime", "torchscript"),
+        help="medunet's network runtime in the default and equal rows (default: %(default)s, as medunet "
+        "predict); an extra equal-settings row always runs PyTorch",
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-prior", action="store_true", help="pure random UNet logits (see PriorUNet)")
     ap.add_argument(
@@ -490,6 +522,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
             medunet_blend=args.medunet_blend,
             crop_foreground=False if args.no_crop else None,
             medunet_sw_batch_size=args.medunet_sw_batch_size,
+            engine=args.medunet_engine,
         )
         if args.real:
             paths = sorted(str(p) for p in (OPENKBP / "imagesTr").glob("*.nii.gz"))[: args.max_cases]
@@ -510,6 +543,8 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
     del net
 
     runs = {"stock": ("stock", setup), "default": ("medunet", setup), "equal": ("medunet", equal_setup)}
+    if setup.checkpoint and setup.engine != "torch":  # the engine's share: the same settings in PyTorch
+        runs["equal_torch"] = ("medunet", replace(equal_setup, engine="torch"))
     results: dict[str, dict[str, Any]] = {}
     for key, (kind, st) in runs.items():
         out_dir = tmp / key
@@ -525,7 +560,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
     stock = results["stock"]
     n_windows_stock = sum(_count_windows(g, setup.patch, setup.overlap) for g in stock["grid_shapes"])
     rows: list[Row] = []
-    for key in ("default", "equal"):
+    for key in [k for k in runs if k != "stock"]:
         med = results[key]
         agree = [agreement(a, b, num_classes) for a, b in zip(stock["outputs"], med["outputs"], strict=True)]
         dice = {lab: _min_present(a["dice"][lab] for a in agree) for lab in agree[0]["dice"]}
@@ -554,7 +589,7 @@ def _bench(args: argparse.Namespace, tmp: Path, cache: Path) -> list[Row]:
                     "windows_stock": n_windows_stock,
                     "gflop_per_window": gflop,
                     "input_float32_mb": input_f32_mb,
-                    "setup": (setup if key == "default" else equal_setup).__dict__,
+                    "setup": runs[key][1].__dict__,
                     "model": "random UNet + prior" if setup.random_net else str(setup.checkpoint),
                     "stock": stock,
                     "medunet": med,
@@ -574,7 +609,7 @@ def _print(rows: list[Row], results: dict[str, dict[str, Any]], setup: Setup) ->
     for row in rows:
         print_row(row)
     print(
-        f"\n{'settings':<9} {'overlap':>7} {'blend':>9} {'crop':>5} {'net stock_s':>12} {'net medunet_s':>14} "
+        f"\n{'settings':<11} {'engine':>8} {'overlap':>7} {'blend':>9} {'crop':>5} {'net stock_s':>12} {'net medunet_s':>14} "
         f"{'net ratio':>9} {'windows s/m':>12} {'batch s/m':>9} {'RSS x input s/m':>16}  min Dice per label"
     )
     for row in rows:
@@ -586,17 +621,21 @@ def _print(rows: list[Row], results: dict[str, dict[str, Any]], setup: Setup) ->
             for lab, d in e["dice_per_label_min_over_cases"].items()
         )
         print(
-            f"{e['settings']:<9} {med['overlap']:>7} {med['mode']:>9} {str(med['crop_foreground']):>5} "
+            f"{e['settings']:<11} {med['engine']:>8} {med['overlap']:>7} {med['mode']:>9} {str(med['crop_foreground']):>5} "
             f"{net['stock']:>12.2f} {net['medunet']:>14.2f} {e['network_stage_ratio']:>8.2f}x "
             f"{e['windows_stock']:>5}/{e['windows']:<6} "
             f"{e['stock']['sw_batch_size']:>5}/{med['sw_batch_size']:<3} {rss['stock']:>7.2f}/{rss['medunet']:<8.2f}  {dice}"
         )
-    print(f"\n{'stage':<16} {'stock_s':>9} " + " ".join(f"{k + '_s':>10}" for k in ("default", "equal")))
+    mine = [k for k in results if k != "stock"]
+    print(f"\n{'stage':<16} {'stock_s':>9} " + " ".join(f"{k + '_s':>14}" for k in mine))
     for st in STAGES:
-        vals = " ".join(f"{results[k]['stages_s'][st]:>10.3f}" for k in ("default", "equal"))
+        vals = " ".join(f"{results[k]['stages_s'][st]:>14.3f}" for k in mine)
         print(f"{st:<16} {results['stock']['stages_s'][st]:>9.3f} {vals}")
+    setups = " ".join(f"{results[k]['setup_s']:>14.3f}" for k in mine)
+    print(f"{'model setup*':<16} {results['stock']['setup_s']:>9.3f} {setups}")
+    print("* once per process, not in the totals (an engine's first use exports it into the cache)")
     e = rows[0].extra
-    for k in ("stock", "default", "equal"):
+    for k in ("stock", *mine):
         r = results[k]
         gpu = f", GPU peak {r['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in r else ""
         print(

@@ -316,16 +316,17 @@ def infer(
     largest_component: bool = False,
     tta: bool | str | None = None,
     rtstruct: bool | str = False,
-    engine: str = "torch",
+    engine: str = "auto",
 ) -> BatchReport:
     """Segment each input volume; write ``<output_dir>/<case>_seg.nii.gz`` (uint8, source grid).
 
     A DICOM series input also gets ``<case>_seg.dcm`` (DICOM SEG) and, with ``rtstruct``,
     ``<case>_rtstruct.dcm`` (RT Structure Set), both referencing the source series.
     ``checkpoint`` may be a list: the models are ensembled (class probabilities averaged).
-    ``engine`` runs the network forward in ``torch`` (default) or an exported engine
-    (``torchscript``, ``onnxruntime``, ``openvino``, ``tensorrt``: :mod:`medunet.engines`; the
-    checkpoint's ``medunet export`` folder when present, else one exported at start).
+    ``engine`` runs the network forward in ``torch`` or an exported engine (``torchscript``,
+    ``onnxruntime``, ``openvino``, ``tensorrt``: :mod:`medunet.engines`; the checkpoint's ``medunet
+    export`` folder when present, else a cached export); ``"auto"`` (default) is OpenVINO on a CPU
+    where it is installed, else PyTorch (:func:`medunet.engines.resolve_engine`).
     """
     from medunet.export.case import write_derived_dicom
 

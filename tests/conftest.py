@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 # Ray reads its authentication mode when it is imported, and collecting any test module that does
@@ -17,6 +18,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
 import pytest
+
+# `medunet predict` on a CPU exports its OpenVINO engine once per checkpoint into a user cache
+# (~/.cache/medunet): the suite's exports go to a folder of this session (and subprocesses follow it).
+_ENGINE_CACHE = tempfile.TemporaryDirectory(prefix="medunet-test-cache-")
+os.environ["MEDUNET_CACHE_DIR"] = _ENGINE_CACHE.name
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDUNET_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -40,11 +40,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``medunet predict``'s ``--engine`` and ``--engine-model`` options."""
     parser.add_argument(
         "--engine",
-        choices=("torch", "torchscript", "onnxruntime", "openvino", "tensorrt"),
-        default="torch",
-        help="runtime of the network forward (default: %(default)s); the rest of the pipeline is the "
-        "same. Others run an artefact of medunet export: --engine-model, else the checkpoint's default "
-        "export folder, else one exported now. tensorrt needs CUDA + tensorrt",
+        choices=("auto", "torch", "torchscript", "onnxruntime", "openvino", "tensorrt"),
+        default="auto",
+        help="runtime of the network forward (default: %(default)s = OpenVINO fp32 on a CPU where it is "
+        "installed and one checkpoint is given, else PyTorch); the rest of the pipeline is the same. "
+        "Engines other than torch run an artefact of medunet export: --engine-model, else the "
+        "checkpoint's default export folder, else a cached export (made once, in $MEDUNET_CACHE_DIR or "
+        "~/.cache/medunet). tensorrt needs CUDA + tensorrt",
     )
     parser.add_argument(
         "--engine-model",

@@ -190,8 +190,12 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
     tuning = {"overlap": args.overlap} if args.overlap is not None else {}
     if args.tta is None:
         args.tta = DEFAULT_TTA
-    engine = getattr(args, "engine", "torch") or "torch"
+    engine = getattr(args, "engine", "auto") or "auto"
     engine_model = getattr(args, "engine_model", None)
+    if engine == "auto" and engine_model:  # the artefact says which runtime runs it
+        from medunet.engines import EngineArtifact, engine_for_format
+
+        engine = engine_for_format(EngineArtifact.load(engine_model).format)
     if engine == "torch" and engine_model:
         raise ConfigError(
             engine_model, "--engine-model needs --engine onnxruntime/openvino/torchscript/tensorrt"
@@ -230,9 +234,13 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
         "overlap": predictor.overlap,
         "rtstruct": args.rtstruct,
     }
-    if predictor.engine_artifact is not None:  # recorded only off the default, so torch runs keep their ids
+    if predictor.engine_artifact is not None:  # recorded only off PyTorch, so torch runs keep their ids
         artifact = predictor.engine_artifact
-        options["engine"] = {"name": engine, "format": artifact.format, "precision": artifact.precision}
+        options["engine"] = {
+            "name": predictor.engine,
+            "format": artifact.format,
+            "precision": artifact.precision,
+        }
     return _Setup(predictor, checkpoints[0], window, options)
 
 

@@ -203,7 +203,7 @@ def test_inference_json_forwards_engine(model3d, tmp_path) -> None:
     from monai.bundle import run
 
     bundle = Path(__file__).resolve().parents[2] / "bundles" / "ct_organs"
-    assert json.loads((bundle / "inference.json").read_text())["engine"] == "torch"
+    assert json.loads((bundle / "inference.json").read_text())["engine"] == "auto"
     out = tmp_path / "preds"
     run(
         "inference",
