@@ -16,9 +16,13 @@ from medunet.plans import Plans
 from medunet.training.environment import TrainingEnv
 from medunet.training.postprocessing import choose_postprocessing, record_postprocessing
 from medunet.training.schedule import (
+    AUTO_MAX_MINUTES,
+    AUTO_MIN_MINUTES,
     SAFETY_FRACTION,
     SHORT_RUN_EPOCHS,
     TARGET_VALIDATIONS,
+    Schedule,
+    auto_budget_minutes,
     plan_epochs,
     plan_schedule,
     short_run_advice,
@@ -68,6 +72,53 @@ def test_a_short_plan_says_which_budget_would_give_enough_epochs() -> None:
     assert plan_epochs((minutes - 1) * 60, *pace[:4], pace[4], epoch_overhead_s=pace[5])[0] < SHORT_RUN_EPOCHS
     assert 20 <= minutes <= 30  # about 20 epochs of 55 s plus setup, validation and margin
     assert short_run_advice(SHORT_RUN_EPOCHS, *pace) is None
+
+
+def test_auto_budget_is_ten_minutes_or_what_twenty_epochs_need() -> None:
+    """The bundle's default budget: the real OpenKBP pace above gets the advised minutes (about 25), a
+    fast synthetic pace keeps the 10-minute floor, a very slow pace stops at the ceiling and says so."""
+    real = (84.0, 0.589, 92, 40.2, 40.0, 0.61)
+    minutes, why = auto_budget_minutes(*real)
+    advised = int(short_run_advice(7, *real).rsplit("--time_budget_min ", 1)[1].split()[0])
+    assert minutes == advised and 20 <= minutes <= 30
+    assert plan_epochs(minutes * 60, *real[:4], real[4], epoch_overhead_s=real[5])[0] >= SHORT_RUN_EPOCHS
+    assert "what 20 epochs need" in why
+    card = (20.0, 0.25, 10, 3.0, 3.0, 0.3)  # 24 synthetic cases: 20 epochs take about a minute
+    assert auto_budget_minutes(*card)[0] == AUTO_MIN_MINUTES
+    slow = (84.0, 3.0, 400, 60.0, 60.0, 1.0)  # 20 epochs of 20 minutes
+    minutes, why = auto_budget_minutes(*slow)
+    assert minutes == AUTO_MAX_MINUTES and "set --time_budget_min" in why
+
+
+def test_auto_budget_is_planned_recorded_and_kept_on_resume(tmp_path: Path, monkeypatch) -> None:
+    """``time_budget_min="auto"`` plans from the measured pace (stubbed: the real timing is tested
+    below), records the minutes and the request, and a resumed "auto" run keeps that plan while a
+    resumed run asked for a number is planned afresh."""
+    import medunet.training.schedule as sched
+
+    monkeypatch.setattr(sched, "time_training_iterations", lambda *a, **k: 0.589)
+    monkeypatch.setattr(sched, "_time_validation", lambda *a, **k: 40.2)
+    monkeypatch.setattr(sched, "_time_checkpoint_write", lambda *a, **k: 0.02)
+    env = TrainingEnv(device=torch.device("cpu"), seed=0)
+    parts = dict(network=object(), loss_function=object(), optimizer=object(), loader=object())
+    kw = dict(steps_per_epoch=92, max_epochs=None, prepare_batch=object(), **parts)
+    auto = plan_schedule(env, tmp_path, time_budget_min="auto", **kw)
+    assert auto.budget_request == "auto" and 20 <= auto.time_budget_min <= 30
+    assert auto.max_epochs >= SHORT_RUN_EPOCHS
+    saved = json.loads((tmp_path / "schedule.json").read_text())
+    assert saved["budget_request"] == "auto" and saved["reason"].startswith("auto budget")
+    (tmp_path / "schedule.json").write_text(json.dumps({**saved, "reason": "saved"}))
+    assert plan_schedule(env, tmp_path, time_budget_min="AUTO", resume=True, **kw).reason == "saved"
+    # the same minutes asked for as a number are another request: planned afresh, not "auto"
+    again = plan_schedule(env, tmp_path, time_budget_min=auto.time_budget_min, resume=True, **kw)
+    assert again.reason != "saved" and again.budget_request is None
+    # a schedule.json written before budget_request existed still resumes a numeric request
+    old = {k: v for k, v in again.to_dict().items() if k != "budget_request"}
+    (tmp_path / "schedule.json").write_text(json.dumps({**old, "reason": "old"}))
+    assert Schedule.from_dict(old).budget_request is None
+    assert (
+        plan_schedule(env, tmp_path, time_budget_min=again.time_budget_min, resume=True, **kw).reason == "old"
+    )
 
 
 def test_budget_plans_the_run_iterations_and_lr_schedule(tmp_path: Path) -> None:
