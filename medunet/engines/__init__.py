@@ -81,7 +81,9 @@ def resolve_engine(
         if engine not in ENGINES:
             raise ConfigError(None, f"unknown engine {engine!r}; choose one of auto, {', '.join(ENGINES)}")
         return engine, "requested"
-    dev = torch.device("cuda" if str(device) == "auto" and torch.cuda.is_available() else str(device))
+    if str(device) == "auto":  # the Predictor's rule: CUDA when present
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
     if dev.type != "cpu":
         return "torch", f"auto: PyTorch on {dev.type}"
     if models > 1:

@@ -36,6 +36,9 @@ def cache(tmp_path, monkeypatch) -> Path:
 def test_auto_picks_openvino_only_on_a_cpu_with_one_model(monkeypatch) -> None:
     monkeypatch.setattr(engines, "runtime_available", lambda e: e == "openvino")
     assert resolve_engine("auto", device="cpu", bf16_native=False)[0] == "openvino"
+    # "auto" device (the CLI default) is the Predictor's: CUDA when present, else the CPU
+    expected = "torch" if torch.cuda.is_available() else "openvino"
+    assert resolve_engine("auto", device="auto", bf16_native=False)[0] == expected
     # a GPU, an ensemble, a CPU with native bf16: PyTorch, each with its reason
     engine, why = resolve_engine("auto", device="cuda", bf16_native=False)
     assert (engine, why) == ("torch", "auto: PyTorch on cuda")
@@ -135,8 +138,10 @@ def test_predict_cli_defaults_to_auto_and_records_the_engine(model3d, cache, mon
     if not runtime_available("openvino"):
         pytest.skip("openvino is not installed here")
     monkeypatch.setattr(engines, "resolve_engine", _auto_without_bf16(engines.resolve_engine))
+    if torch.cuda.is_available():
+        pytest.skip("the CLI's default device is CUDA here: auto runs PyTorch (checked above)")
     argv = ["predict", "--checkpoint", str(model3d.checkpoint), "--input", str(model3d.volume_path)]
-    assert main([*argv, "--output", str(tmp_path / "auto"), "--device", "cpu"]) == 0
+    assert main([*argv, "--output", str(tmp_path / "auto")]) == 0  # every default: device auto, engine auto
     case = json.loads((tmp_path / "auto" / "case_003" / "case.json").read_text())
     assert case["options"]["engine"] == {"name": "openvino", "format": "openvino", "precision": "fp32"}
     assert Predictor.from_checkpoint(model3d.checkpoint, engine="auto", device="cpu").sw_batch_size == 1
