@@ -121,6 +121,7 @@ VARIANTS = {
     "no_tta_no_postprocess": ["--no-tta", "--no-postprocess"],
     "no_postprocess": ["--no-postprocess"],
     "nearest_labels": ["--resample-labels"],
+    "torch_engine": ["--engine", "torch"],  # the default is --engine auto: OpenVINO on a CPU
 }
 
 
