@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from medunet.errors import ConfigError, InvalidImageError
+from medunet.errors import ConfigError, EngineError, InvalidImageError
 from medunet.inference.geometry import (
     Box,
     GridMap,
@@ -299,10 +299,18 @@ class Predictor:
                 raise ConfigError(
                     paths[1], f"engine {engine!r} runs one model; ensembles run with engine torch"
                 )
-            predictor = cls.from_engine(engine_model, engine=engine, checkpoint=paths[0], **kwargs)
-            predictor.checkpoint_sha256 = recorded_sha256(paths[0])
-            predictor.engine_reason = reason
-            return predictor
+            try:
+                predictor = cls.from_engine(engine_model, engine=engine, checkpoint=paths[0], **kwargs)
+            except (EngineError, RuntimeError, ValueError, OSError, ImportError) as exc:
+                if not reason.startswith("auto"):
+                    raise
+                # auto chose the engine: a model it cannot export or compile runs in PyTorch instead
+                logger.warning("engine %s failed for %s (%s): running PyTorch", engine, paths[0], exc)
+                engine, reason = "torch", f"auto: {engine} failed ({type(exc).__name__}), PyTorch"
+            else:
+                predictor.checkpoint_sha256 = recorded_sha256(paths[0])
+                predictor.engine_reason = reason
+                return predictor
         loaded = [load_model(p) for p in paths]
         plans = loaded[0][1]
         for p, (_, other) in zip(paths[1:], loaded[1:], strict=True):

@@ -19,7 +19,7 @@ from test_engines import dice_per_label
 import medunet.engines as engines
 from medunet.cli import main
 from medunet.engines import engine_cache_dir, resolve_engine, runtime_available
-from medunet.errors import ConfigError
+from medunet.errors import ConfigError, EngineError
 from medunet.inference import Predictor
 from medunet.inference.predictor import default_sw_batch_size
 from medunet.io import read_image
@@ -100,6 +100,25 @@ def test_auto_exports_once_per_checkpoint_and_keeps_the_labels(model2d, cache, m
     third = Predictor.from_checkpoint(other, engine="auto", device="cpu")
     assert third.engine_artifact.directory != folders[0]
     assert len(list(cache.iterdir())) == 2
+
+
+def test_auto_falls_back_to_pytorch_when_the_engine_fails_but_a_named_engine_does_not(
+    model2d, cache, monkeypatch
+) -> None:
+    """A model OpenVINO cannot export or compile still predicts under ``auto`` (PyTorch, with the
+    reason); asking for ``openvino`` by name keeps the error."""
+    monkeypatch.setattr(engines, "resolve_engine", lambda *a, **k: ("openvino", "auto: test"))
+
+    def broken(*a, **k):
+        raise EngineError(None, "openvino cannot compile the model: unsupported op")
+
+    monkeypatch.setattr(engines, "open_engine", broken)
+    predictor = Predictor.from_checkpoint(model2d.checkpoint, engine="auto", device="cpu")
+    assert predictor.engine == "torch" and predictor.engine_artifact is None
+    assert predictor.engine_reason == "auto: openvino failed (EngineError), PyTorch"
+    assert (predictor.predict(read_image(model2d.volume_path)).labels == model2d.reference).all()
+    with pytest.raises(EngineError, match="unsupported op"):
+        Predictor.from_checkpoint(model2d.checkpoint, engine="openvino", device="cpu")
 
 
 def test_a_concurrent_export_that_lands_first_is_used(model2d, cache, monkeypatch) -> None:
