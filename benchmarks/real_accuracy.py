@@ -121,7 +121,10 @@ VARIANTS = {
     "no_tta_no_postprocess": ["--no-tta", "--no-postprocess"],
     "no_postprocess": ["--no-postprocess"],
     "nearest_labels": ["--resample-labels"],
-    "torch_engine": ["--engine", "torch"],  # the default is --engine auto: OpenVINO on a CPU
+    # the default is --engine auto: OpenVINO on a CPU without native bf16, PyTorch bf16 on one with it
+    "torch_engine": ["--engine", "torch"],
+    "fp32": ["--engine", "torch", "--precision", "fp32"],
+    "openvino": ["--engine", "openvino"],
 }
 
 

@@ -45,7 +45,9 @@ def test_single_network_blends_logits_exactly_like_stock_sliding_window() -> Non
     """Equal settings (overlap 0.5, constant): medunet's probabilities are stock's softmax of blended logits."""
     torch.manual_seed(0)
     net = UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval()
-    predictor = Predictor(net, _plans(), device="cpu", sw_batch_size=2, overlap=0.5, mode="constant")
+    predictor = Predictor(
+        net, _plans(), device="cpu", sw_batch_size=2, overlap=0.5, mode="constant", amp=False
+    )
     x = torch.rand(1, 1, 30, 27, 20)
     with torch.inference_mode():
         stock = torch.softmax(
@@ -59,7 +61,7 @@ def test_single_network_blends_logits_exactly_like_stock_sliding_window() -> Non
 def test_ensemble_still_averages_probabilities() -> None:
     torch.manual_seed(0)
     nets = [UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval() for _ in range(2)]
-    predictor = Predictor(nets, _plans(), device="cpu", overlap=0.5, mode="constant")
+    predictor = Predictor(nets, _plans(), device="cpu", overlap=0.5, mode="constant", amp=False)
     assert not predictor._averages_logits
     x = torch.rand(1, 1, 16, 16, 16)  # one window: the blend is the window itself
     with torch.inference_mode():

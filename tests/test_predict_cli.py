@@ -372,7 +372,7 @@ def test_two_checkpoints_are_an_ensemble_of_averaged_probabilities(tmp_path: Pat
 
     def predict(out: Path, *checkpoints: Path) -> tuple[np.ndarray, np.ndarray]:
         args = ["predict", "--checkpoint", *map(str, checkpoints), "--input", str(src), "--output", str(out)]
-        assert main([*args, "--uncertainty", "--device", "cpu"]) == 0
+        assert main([*args, "--uncertainty", "--device", "cpu", "--precision", "fp32"]) == 0
         seg = nib.load(str(out / "ct" / "segmentation.nii.gz"))
         unc = np.asarray(nib.load(str(out / "ct" / "uncertainty.nii.gz")).dataobj)
         return np.asarray(seg.dataobj), unc

@@ -218,7 +218,7 @@ def test_exported_engine_and_int8_calibration_take_the_stack(tmp_path: Path) -> 
     image = tmp_path / "img.nii.gz"
     write_nifti(image, (_stripes((40, 36, 9)) * 100).astype(np.int16), np.eye(4))
     volume = read_image(image)
-    torch_labels = Predictor.from_checkpoint(ckpt, device="cpu").predict(volume).labels
+    torch_labels = Predictor.from_checkpoint(ckpt, device="cpu", amp=False).predict(volume).labels
     engine_labels = (
         Predictor.from_checkpoint(ckpt, device="cpu", engine="onnxruntime", engine_model=artifact.directory)
         .predict(volume)

@@ -182,6 +182,10 @@ class _Setup:
     options: dict[str, object]
 
 
+#: ``--precision`` as the Predictor's ``amp``: auto = bf16 on a GPU or a CPU with native bf16, else fp32
+PRECISION_AMP: dict[str, bool | None] = {"auto": None, "fp32": False, "bf16": True}
+
+
 def load_predictor(args: argparse.Namespace) -> _Setup:
     """Load the model(s) the options name, once per run (or once per Ray worker)."""
     from medunet.inference import Predictor
@@ -211,6 +215,9 @@ def load_predictor(args: argparse.Namespace) -> _Setup:
         postprocess=args.postprocess,
         resample_scores=not args.resample_labels,
     )
+    amp = PRECISION_AMP[getattr(args, "precision", "auto")]
+    if amp is not None:
+        settings["amp"] = amp
     if engine != "torch" and engine_model and not args.checkpoint:
         # the artefact alone: plans and model identity come from its metadata
         checkpoints = [Path(engine_model)]
@@ -567,6 +574,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write uncertainty.nii.gz and a review_queue.csv ranking cases x organs",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument(
+        "--precision",
+        choices=sorted(PRECISION_AMP),
+        default="auto",
+        help="PyTorch compute precision: auto = bf16 autocast on a GPU or on a CPU with native bf16 "
+        "(avx512_bf16/amx_bf16), else fp32; fp32 reproduces float32 scores exactly; bf16 runs PyTorch "
+        "even under --engine auto (default: %(default)s)",
+    )
     from medunet.cli.engines import add_engine_arguments
 
     add_engine_arguments(p)

@@ -346,7 +346,11 @@ class Predictor:
         device = kwargs.pop("device", "auto")
         if str(device) == "auto":
             device = "cuda" if engine == "tensorrt" else "cpu"
-        kwargs.setdefault("amp", False)  # engines compute in their own precision (fp32 or int8)
+        if kwargs.get("amp"):
+            raise ValueError(
+                f"engine {engine!r} computes in its exported precision; bf16 autocast is PyTorch's"
+            )
+        kwargs["amp"] = False  # engines compute in their own precision (fp32 or int8)
         runner, artifact = open_engine(
             engine, checkpoint=checkpoint, engine_model=engine_model, device=device
         )

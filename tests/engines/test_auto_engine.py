@@ -113,7 +113,8 @@ def test_auto_falls_back_to_pytorch_when_the_engine_fails_but_a_named_engine_doe
         raise EngineError(None, "openvino cannot compile the model: unsupported op")
 
     monkeypatch.setattr(engines, "open_engine", broken)
-    predictor = Predictor.from_checkpoint(model2d.checkpoint, engine="auto", device="cpu")
+    # fp32, the precision of the reference (bf16 autocast would be PyTorch's default on a bf16 CPU)
+    predictor = Predictor.from_checkpoint(model2d.checkpoint, engine="auto", device="cpu", amp=False)
     assert predictor.engine == "torch" and predictor.engine_artifact is None
     assert predictor.engine_reason == "auto: openvino failed (EngineError), PyTorch"
     assert (predictor.predict(read_image(model2d.volume_path)).labels == model2d.reference).all()
@@ -166,8 +167,10 @@ def test_predict_cli_defaults_to_auto_and_records_the_engine(model3d, cache, mon
     assert Predictor.from_checkpoint(model3d.checkpoint, engine="auto", device="cpu").sw_batch_size == 1
     labels = read_image(tmp_path / "auto" / "case_003" / "segmentation.nii.gz").array
     assert min(dice_per_label(labels, model3d.reference).values()) >= 0.99
-    # --engine torch: the eager network, nothing recorded (a torch run keeps its identity)
-    assert main([*argv, "--output", str(tmp_path / "torch"), "--device", "cpu", "--engine", "torch"]) == 0
+    # --engine torch: the eager network, nothing recorded (a torch run keeps its identity); fp32 as the
+    # reference (the torch default on a CPU with native bf16 is bf16 autocast)
+    torch_argv = ["--device", "cpu", "--engine", "torch", "--precision", "fp32"]
+    assert main([*argv, "--output", str(tmp_path / "torch"), *torch_argv]) == 0
     case = json.loads((tmp_path / "torch" / "case_003" / "case.json").read_text())
     assert "engine" not in case["options"]
     assert (

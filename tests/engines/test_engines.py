@@ -82,6 +82,46 @@ def test_engine_labels_equal_pytorch(engine: str, dims: int, request, exports) -
     assert min(dice_per_label(labels[::-1], model.reference).values()) < 0.9
 
 
+@pytest.mark.parametrize("dims", [3, 2])
+def test_bf16_autocast_keeps_the_fp32_labels(dims: int, request) -> None:
+    """The CPU default (bf16 autocast, channels-last in 3D, where the CPU has native bf16) keeps the
+    fp32 answer: a voxel may change label only where fp32 itself was nearly tied (top-two probability
+    margin < 0.1: bf16 keeps about 3 significant digits), most voxels agree, and left organs stay left.
+
+    A per-label Dice bound alone cannot tell bf16 rounding from a wrong kernel on a tiny organ: one
+    boundary voxel of a 40-voxel kidney is 0.01 Dice.
+    """
+    from medunet.inference.predictor import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no avx512_bf16/amx_bf16: the default stays fp32")
+    model = request.getfixturevalue(f"model{dims}d")
+    volume = read_image(model.volume_path)
+    fp32 = Predictor.from_checkpoint(model.checkpoint, device="cpu", amp=False).predict(
+        volume, return_probabilities=True
+    )
+    predictor = Predictor.from_checkpoint(model.checkpoint, device="cpu")  # amp=None: the default
+    assert predictor.amp and predictor.channels_last == (dims == 3)
+    labels = predictor.predict(volume).labels
+    assert fp32.probabilities is not None
+    top2 = np.sort(fp32.probabilities, axis=0)[-2:]
+    margin = top2[1] - top2[0]
+    changed = labels != fp32.labels
+    assert changed.mean() < 0.01
+    assert float(margin[changed].max(initial=0.0)) < 0.1
+    assert min(dice_per_label(labels, fp32.labels).values()) >= 0.95
+    assert min(dice_per_label(labels[::-1], model.reference).values()) < 0.9
+
+
+def test_a_named_engine_refuses_bf16_autocast(model2d, exports) -> None:
+    need("onnxruntime")
+    artifact = exports(model2d, "onnx")
+    with pytest.raises(ValueError, match="exported precision"):
+        Predictor.from_checkpoint(
+            model2d.checkpoint, engine="onnxruntime", engine_model=artifact.directory, device="cpu", amp=True
+        )
+
+
 def test_artefact_layout_and_metadata(model3d, exports) -> None:
     need("onnxruntime")
     artifact = exports(model3d, "onnx")
