@@ -98,8 +98,8 @@ class LabelOrSoftTargetLoss(nn.Module):
         return self.from_soft(logits, target)
 
 
-#: Logit given to a class that a case does not annotate: its softmax probability is exactly 0 in
-#: float32 (exp(-1e4) underflows) and, set by ``masked_fill``, it receives exactly zero gradient.
+#: Logit given to a class that a case does not annotate, once its probability has been merged into
+#: background: exp(-1e4) underflows to exactly 0 in float32, so the wrapped loss never sees it.
 _EXCLUDED_LOGIT = -1.0e4
 
 
@@ -116,15 +116,58 @@ class AnnotatedClasses:
         self.flags: torch.Tensor | None = None
 
 
-class PartialLabelLoss(nn.Module):
-    """Any registered loss, made safe for partially contoured label maps.
+def marginal_logits(logits: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax merges every unannotated organ's probability into background.
 
-    In a case where organ ``k`` was not contoured, its voxels read background but are unknown. Here
-    channel ``k``'s logits are replaced by a constant ``-1e4`` for that sample before the wrapped
-    loss runs: its probability becomes 0, the remaining classes are softmaxed among themselves, the
-    cross-entropy and Dice terms see only the annotated classes, and channel ``k`` gets exactly zero
-    gradient from that sample (predicting the organ there is never punished). Samples that annotate
-    ``k`` still train it. With no flags (fully annotated data) this is the wrapped loss unchanged.
+    ``annotated`` is ``(B, K)`` bool. Per sample, the background logit becomes
+    ``logsumexp(background, unannotated organs)`` and each unannotated organ's logit ``-1e4``, so
+    ``softmax(out)[0] == p_background + sum(p_unannotated)`` and every annotated organ keeps exactly its
+    probability. A label map that reads 0 where an organ was not drawn then means "background *or*
+    that organ" (the marginal loss of Shi et al., MedIA 2021), instead of "background" (which teaches
+    the shared background channel that the organ's tissue is background).
+    """
+    excluded = ~annotated.to(device=logits.device, dtype=torch.bool)
+    excluded[:, 0] = False  # background is always a target
+    view = excluded.view(*excluded.shape, *([1] * (logits.ndim - 2)))
+    pooled = view.clone()
+    pooled[:, 0] = True  # background joins the organs it absorbs
+    background = torch.logsumexp(logits.masked_fill(~pooled, float("-inf")), dim=1, keepdim=True)
+    organs = logits[:, 1:].masked_fill(view[:, 1:], _EXCLUDED_LOGIT)
+    return torch.cat([background.to(logits.dtype), organs], dim=1)
+
+
+def marginal_target(target: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
+    """The target in the classes of :func:`marginal_logits`: unannotated organs read background.
+
+    A label map of a partially contoured case never holds an organ it does not annotate, but a mixed
+    patch can (CutMix pastes a box from a case that draws the organ; the flags are then intersected):
+    there the organ's voxels become background-or-organ as well, instead of a target whose class has
+    probability 0. Label maps ``(B, 1, ...)`` and soft targets ``(B, C, ...)`` are both handled.
+    """
+    excluded = ~annotated.to(device=target.device, dtype=torch.bool)
+    excluded[:, 0] = False
+    if target.shape[1] == 1:
+        labels = target.long().clamp(0, excluded.shape[1] - 1)
+        drop = torch.gather(excluded, 1, labels.flatten(1)).view_as(labels)
+        return target.masked_fill(drop, 0)
+    view = excluded.view(*excluded.shape, *([1] * (target.ndim - 2)))
+    moved = target.masked_fill(~view, 0).sum(dim=1, keepdim=True)
+    kept = target.masked_fill(view, 0)
+    return torch.cat([kept[:, :1] + moved, kept[:, 1:]], dim=1)
+
+
+class PartialLabelLoss(nn.Module):
+    """Any registered loss, made safe for partially contoured label maps (marginal loss).
+
+    In a case where organ ``k`` was not contoured, its voxels read background but are unknown: they
+    are background *or* organ ``k``. Before the wrapped loss runs, :func:`marginal_logits` merges
+    channel ``k``'s probability into background for that sample, so the cross-entropy and Dice terms
+    score ``p_background + p_k`` against the background target. Moving probability between
+    background and ``k`` there leaves the loss unchanged, and raising ``k`` where the label says
+    background never raises it (predicting the organ is never punished); where the label names
+    another organ, ``k`` is still pushed down (a voxel drawn as the larynx is not the esophagus).
+    Samples that annotate ``k`` train it as usual. With no flags (fully annotated data) this is the
+    wrapped loss unchanged.
     """
 
     def __init__(self, loss: nn.Module, annotated: AnnotatedClasses | None = None) -> None:
@@ -136,13 +179,11 @@ class PartialLabelLoss(nn.Module):
         flags = self.annotated.flags
         if flags is None or bool(flags.all()):
             return self.loss(logits, target)
-        flags = flags.to(device=logits.device, dtype=torch.bool)
-        if flags.shape != logits.shape[:2]:
+        if tuple(flags.shape) != tuple(logits.shape[:2]):
             raise ValueError(
                 f"annotated flags {tuple(flags.shape)} do not match logits {tuple(logits.shape[:2])}"
             )
-        excluded = ~flags.view(*flags.shape, *([1] * (logits.ndim - 2)))
-        return self.loss(logits.masked_fill(excluded, _EXCLUDED_LOGIT), target)
+        return self.loss(marginal_logits(logits, flags), marginal_target(target, flags))
 
 
 def loss_names() -> list[str]:
@@ -195,4 +236,6 @@ __all__ = [
     "build_loss",
     "loss_names",
     "loss_table",
+    "marginal_logits",
+    "marginal_target",
 ]

@@ -85,10 +85,15 @@ def test_soft_targets_from_mixup_equal_the_one_hot_label_loss(name):
 
 
 @pytest.mark.parametrize("name", ["dicece", "dice", "dicefocal", "tversky"])
-def test_partial_label_loss_gives_zero_gradient_to_unannotated_organ(name: str) -> None:
-    """Sample 0 does not annotate organ 2: where its label says background, channel 2 is not pushed.
+def test_partial_label_loss_never_pushes_an_unannotated_organ_down_where_the_label_says_background(
+    name: str,
+) -> None:
+    """Sample 0 does not annotate organ 2. Where its label reads 0, the voxel is background *or* organ 2.
 
-    Sample 1 annotates everything, so channel 2 still trains there (the gradient is not globally off).
+    Gradient descent must never lower channel 2 there (grad <= 0), and it must lower it where the label
+    names organ 1 (a voxel drawn as organ 1 is not organ 2). Sample 1 annotates everything, so channel
+    2 is trained there in both directions. The old exclusion loss gave channel 2 zero gradient but
+    trained the background channel up on organ 2's tissue.
     """
     from medunet.losses import AnnotatedClasses
 
@@ -103,13 +108,56 @@ def test_partial_label_loss_gives_zero_gradient_to_unannotated_organ(name: str) 
     loss(logits, label).backward()
     grad = logits.grad
     assert grad is not None
-    assert torch.count_nonzero(grad[0, 2]) == 0  # unannotated organ: not punished anywhere
+    background, organ1 = label[0, 0] == 0, label[0, 0] == 1
+    assert float(grad[0, 2][background].max()) <= 0.0  # never punished where it may be
+    assert float(grad[0, 2][background].min()) < 0.0  # and raised against the annotated organ 1
+    assert float(grad[0, 2][organ1].min()) > 0.0  # pushed down where another organ is drawn
     assert torch.count_nonzero(grad[0, 1]) > 0  # annotated organs of the same sample still train
-    assert torch.count_nonzero(grad[1, 2]) > 0  # and the organ trains where it is annotated
+    assert float(grad[1, 2][label[1, 0] == 2].max()) < 0.0  # organ 2 trains where it is drawn
+    assert float(grad[1, 2][label[1, 0] == 0].min()) > 0.0  # and is background elsewhere there
+
+
+@pytest.mark.parametrize("name", ["dicece", "dice", "dicefocal", "tversky"])
+def test_partial_label_loss_is_blind_to_background_versus_unannotated_organ(name: str) -> None:
+    """Swapping the background and unannotated-organ logits where the label reads 0 changes nothing.
+
+    That is the marginal loss's known answer: only ``p_background + p_organ`` is scored there. Under
+    the exclusion loss (organ logit masked, background trained as background) and under a plain loss
+    the swap changes the loss.
+    """
+    from medunet.losses import AnnotatedClasses
+
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 8, 8)
+    label = torch.zeros(2, 1, 8, 8, dtype=torch.long)
+    label[:, 0, 1:4, 1:4] = 1
+    label[1, 0, 5:8, 5:8] = 2
+    flags = AnnotatedClasses()
+    flags.flags = torch.tensor([[True, True, False], [True, True, True]])
+    partial, plain = build_loss(name, annotated=flags), build_loss(name)
+    swapped = logits.clone()
+    where = label[0, 0] == 0
+    swapped[0, 0][where], swapped[0, 2][where] = logits[0, 2][where], logits[0, 0][where]
+    assert torch.allclose(partial(logits, label), partial(swapped, label), atol=1e-6)
+    assert abs(float(plain(logits, label) - plain(swapped, label))) > 1e-3
+
+
+def test_marginal_logits_merge_probabilities_into_background_exactly() -> None:
+    from medunet.losses import marginal_logits
+
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 5, 5, 5)
+    flags = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    p = logits.softmax(1)
+    q = marginal_logits(logits, flags).softmax(1)
+    torch.testing.assert_close(q[0, 0], p[0, 0] + p[0, 1] + p[0, 3])
+    torch.testing.assert_close(q[0, 2], p[0, 2])
+    assert float(q[0, 1].max()) == 0.0 and float(q[0, 3].max()) == 0.0
+    torch.testing.assert_close(q[1], p[1])  # a fully annotated sample is untouched
 
 
 def test_partial_label_loss_does_not_punish_predicting_the_unknown_organ() -> None:
-    """Raising an unannotated organ's logit anywhere leaves the loss unchanged; a plain loss rises."""
+    """Raising an unannotated organ's logit where the label reads 0 never raises the loss; a plain loss rises."""
     from medunet.losses import AnnotatedClasses
 
     torch.manual_seed(1)
@@ -120,11 +168,43 @@ def test_partial_label_loss_does_not_punish_predicting_the_unknown_organ() -> No
     flags.flags = torch.tensor([[True, True, False]])
     partial, plain = build_loss("dicece", annotated=flags), build_loss("dicece")
     louder = logits.clone()
-    louder[:, 2] += 5.0
-    assert torch.allclose(partial(logits, label), partial(louder, label))
+    louder[0, 2][label[0, 0] == 0] += 5.0
+    assert float(partial(louder, label)) <= float(partial(logits, label)) + 1e-6
     assert plain(louder, label) > plain(logits, label) + 0.1
     flags.flags = None  # fully annotated data: the wrapped loss exactly
     assert torch.allclose(partial(logits, label), plain(logits, label))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_partial_label_loss_on_a_mixed_patch_reads_the_pasted_unannotated_organ_as_unknown(
+    soft: bool,
+) -> None:
+    """CutMix can paste organ 2's voxels into a patch whose intersected flags say organ 2 is unknown.
+
+    Those voxels must count as background-or-organ-2 (a finite, ordinary loss), not as a target whose
+    class was given probability 0 (a loss of about 1e4 with the exclusion loss).
+    """
+    from medunet.losses import AnnotatedClasses
+
+    torch.manual_seed(4)
+    logits = torch.randn(1, 3, 8, 8)
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    label[0, 0, 0:3, 0:3] = 1
+    label[0, 0, 5:8, 5:8] = 2  # pasted from a case that draws organ 2
+    target = torch.nn.functional.one_hot(label[:, 0], 3).movedim(-1, 1).float() if soft else label
+    flags = AnnotatedClasses()
+    flags.flags = torch.tensor([[True, True, False]])
+    value = float(build_loss("dicece", annotated=flags)(logits, target))
+    expected_label = label.masked_fill(label == 2, 0)
+    expected_target = (
+        torch.nn.functional.one_hot(expected_label[:, 0], 3).movedim(-1, 1).float()
+        if soft
+        else expected_label
+    )
+    assert value < 10.0
+    assert value == pytest.approx(
+        float(build_loss("dicece", annotated=flags)(logits, expected_target)), abs=1e-6
+    )
 
 
 def test_prepare_batch_publishes_flags_and_cutmix_intersects_them() -> None:
