@@ -12,8 +12,12 @@ Two rows, each against that stock run:
 * ``default``: what the ``ct_organs`` bundle does by default on this machine, built from the training
   engineer's public functions: ``make_plans`` (2D axial slices on CPU), ``train_loader`` (cached
   deterministic head, class-balanced random tail, ``ThreadDataLoader``), ``build_model``;
-* ``equal``: medunet's data path and training step with stock's plans (3D, same patch, same network),
-  so only the pipeline differs.
+* ``equal``: medunet's data path and training step with stock's plans (3D, same patch, same network)
+  and stock's fp32, so only the pipeline differs;
+* ``equal_bf16``: the same with medunet's default precision, bf16 autocast where the CPU has native
+  bf16 (``medunet.training.training_network``; fp32 elsewhere, where the row equals ``equal``).
+
+The default row trains in medunet's default precision too (bf16 where native).
 
 Same for both: the dataset split, the registry UNet at the same size, the loss (``build_loss("dicece")``),
 the optimiser (the bundle's AdamW, lr 3e-3, wd 1e-5, constant), the seed, the target spacing and CT
@@ -154,12 +158,14 @@ def train(kind: str, args: argparse.Namespace, setup: dict[str, Any]) -> dict[st
     from monai.utils import set_determinism
 
     from medunet.losses import build_loss
-    from medunet.training import build_model, make_augmentation, train_loader
+    from medunet.training import build_model, make_augmentation, train_loader, training_network
 
     env, split = setup["env"], setup["split"]
-    plans = setup["plans"]["stock" if kind == "equal" else kind]  # equal: medunet's path, stock's plans
+    # equal*: medunet's path, stock's plans; equal also stock's fp32
+    plans = setup["plans"]["stock" if kind.startswith("equal") else kind]
     set_determinism(args.seed)
     net = build_model(plans, env)
+    step_net = training_network(net, env, amp=kind in ("medunet", "equal_bf16"))
     loss_fn = build_loss("dicece")
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-5)
     t_setup = time.perf_counter()
@@ -189,7 +195,7 @@ def train(kind: str, args: argparse.Namespace, setup: dict[str, Any]) -> dict[st
         batch = next(batches)
         x, y = batch["image"], batch["label"]
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
+        loss = loss_fn(step_net(x), y)
         loss.backward()
         opt.step()
         it += 1
@@ -206,6 +212,7 @@ def train(kind: str, args: argparse.Namespace, setup: dict[str, Any]) -> dict[st
                 break
             t0 = time.perf_counter()
     return {
+        "bf16": step_net is not net,
         "spatial_dims": plans.spatial_dims,
         "patch_size": list(plans.patch_size),
         "target_spacing": list(plans.target_spacing),
@@ -232,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--only",
-        choices=("stock", "medunet", "equal"),
+        choices=("stock", "medunet", "equal", "equal_bf16"),
         default=None,
         help="run one pipeline (e.g. a longer cap)",
     )
@@ -258,11 +265,11 @@ def _bench(args: argparse.Namespace, cache: Path) -> list[Row]:
             f"{args.only}: time to Dice {args.target}: {r['time_to_target_s']}, {r['its_per_s']:.2f} it/s, {r}"
         )
         return []
-    res = {k: train(k, args, setup) for k in ("medunet", "equal", "stock")}
+    res = {k: train(k, args, setup) for k in ("medunet", "equal", "equal_bf16", "stock")}
     s = res["stock"]
     cap_s = args.max_minutes * 60
     rows = []
-    for key, settings in (("medunet", "default"), ("equal", "equal")):
+    for key, settings in (("medunet", "default"), ("equal", "equal"), ("equal_bf16", "equal_bf16")):
         m = res[key]
         # Time to target; a run that never got there counts as its whole clock (a bound on the ratio).
         stock_t = s["time_to_target_s"] or max(s["train_s"], cap_s)
@@ -305,7 +312,7 @@ def _bench(args: argparse.Namespace, cache: Path) -> list[Row]:
     for k, r in res.items():
         ttt = f"{r['time_to_target_s']:.1f} s" if r["time_to_target_s"] else f"> {cap_s:.0f} s (cap)"
         print(
-            f"{k}: {r['spatial_dims']}D patch {r['patch_size']}, {r['iterations']} it, {r['its_per_s']:.2f} it/s, "
+            f"{k}: {r['spatial_dims']}D {'bf16' if r['bf16'] else 'fp32'} patch {r['patch_size']}, {r['iterations']} it, {r['its_per_s']:.2f} it/s, "
             f"setup {r['setup_s']:.1f} s, time to Dice {args.target}: {ttt}, final Dice {r['final_dice']:.3f}"
         )
     if not args.smoke or args.out:

@@ -186,15 +186,44 @@ class PartialLabelLoss(nn.Module):
         return self.loss(marginal_logits(logits, flags), marginal_target(target, flags))
 
 
+class DeepSupervisionLoss(nn.Module):
+    """The wrapped loss over every output head of a deeply supervised network, weighted as nnU-Net.
+
+    A network trained with deep supervision (``resunet``) returns ``(B, 1 + H, C, *spatial)`` in
+    training mode: the full-resolution logits and ``H`` deeper heads, already upsampled to the patch.
+    Head ``i`` gets weight ``2**-i``, normalised to sum to 1 (nnU-Net), so a network that predicts
+    the same logits at every head scores exactly the wrapped loss. Ordinary ``(B, C, *spatial)``
+    logits pass straight through.
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim != target.ndim + 1:
+            return self.loss(logits, target)
+        heads = logits.shape[1]
+        weights = [2.0**-i for i in range(heads)]
+        total = sum(weights)
+        return sum((w / total) * self.loss(logits[:, i], target) for i, w in enumerate(weights))  # type: ignore[return-value]
+
+
 def loss_names() -> list[str]:
     """Registered loss names, the default first."""
     return list(LOSSES)
 
 
 def build_loss(
-    name: str = DEFAULT_LOSS, annotated: AnnotatedClasses | None = None, **kwargs: Any
+    name: str = DEFAULT_LOSS,
+    annotated: AnnotatedClasses | None = None,
+    deep_supervision: bool = False,
+    **kwargs: Any,
 ) -> nn.Module:
     """Build loss ``name``; ``kwargs`` override the defaults (e.g. ``include_background=False``).
+
+    With ``deep_supervision`` (the plans' network returns stacked heads while training, ``resunet``)
+    the loss weighs every head (:class:`DeepSupervisionLoss`).
 
     With ``annotated`` (shared with the batch preparation), the loss is wrapped in
     :class:`PartialLabelLoss` so unannotated organs of partially contoured cases are not punished.
@@ -214,7 +243,7 @@ def build_loss(
     logger.debug("built loss %s with %s", name, merged)
     if annotated is not None:
         loss = PartialLabelLoss(loss, annotated)
-    return loss
+    return DeepSupervisionLoss(loss) if deep_supervision else loss
 
 
 def loss_table() -> list[dict[str, Any]]:
@@ -227,6 +256,7 @@ def loss_table() -> list[dict[str, Any]]:
 
 __all__ = [
     "AnnotatedClasses",
+    "DeepSupervisionLoss",
     "PartialLabelLoss",
     "DEFAULT_LOSS",
     "LOSSES",

@@ -31,7 +31,7 @@ from medunet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-NetworkName = Literal["unet", "dynunet", "attention_unet", "unetpp", "swinunetr", "flexible_unet"]
+NetworkName = Literal["unet", "dynunet", "resunet", "attention_unet", "unetpp", "swinunetr", "flexible_unet"]
 Size = Literal["tiny", "small", "base"]
 Rounding = Literal["nearest", "up", "down"]
 SIZES: tuple[Size, ...] = ("tiny", "small", "base")
@@ -43,6 +43,11 @@ DYNUNET_MIN_FEATURE_SIZE = 4
 DYNUNET_MAX_DOWNSAMPLINGS = 5
 # nnU-Net treats an axis as "coarse" (kernel 1, no pooling yet) while its spacing exceeds 2x the finest.
 _ANISOTROPY_RATIO = 2.0
+#: Networks whose kernels and strides are planned from the patch and the spacing (nnU-Net style).
+SPACING_PLANNED: frozenset[str] = frozenset({"dynunet", "resunet"})
+#: Deep-supervision heads below the full-resolution output (nnU-Net supervises every decoder level but
+#: the lowest two; two extra heads at 1/2 and 1/4 resolution are MONAI DynUNet's usual setting).
+DEEP_SUPERVISION_HEADS = 2
 
 Builder = Callable[..., nn.Module]  # (spatial_dims, in_channels, out_channels, **resolved kwargs)
 Resolver = Callable[[int, dict[str, Any]], dict[str, Any]]  # (spatial_dims, merged kwargs) -> resolved
@@ -163,8 +168,7 @@ def _build_attention_unet(spatial_dims: int, in_channels: int, out_channels: int
 def _resolve_dynunet(spatial_dims: int, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Turn ``patch_size``/``spacing``/``size`` into explicit DynUNet kernels, strides and filters."""
     kw = dict(kwargs)
-    if kw.get("deep_supervision"):
-        raise ConfigError(None, "dynunet: deep_supervision is not supported (forward must return one tensor)")
+    supervised = bool(kw.pop("deep_supervision", False))
     patch_size = kw.pop("patch_size", None)
     spacing = kw.pop("spacing", None)
     filters_base = int(kw.pop("filters_base"))
@@ -189,7 +193,11 @@ def _resolve_dynunet(spatial_dims: int, kwargs: dict[str, Any]) -> dict[str, Any
     kw.setdefault("upsample_kernel_size", list(kw["strides"])[1:])
     if kw.get("filters") is None:
         kw["filters"] = [min(filters_base * 2**i, filters_max) for i in range(len(kw["strides"]))]
-    kw["deep_supervision"] = False
+    # at most one head per decoder level but the last (DynUNet: deep_supr_num < number of upsamplings)
+    heads = min(int(kw.pop("deep_supr_num", DEEP_SUPERVISION_HEADS)), len(kw["strides"]) - 2)
+    kw["deep_supervision"] = supervised and heads >= 1
+    if kw["deep_supervision"]:
+        kw["deep_supr_num"] = heads
     return kw
 
 
@@ -308,6 +316,34 @@ NETWORKS: dict[str, NetworkSpec] = {
             axis_divisor=_strides_divisor,
             resolver=_resolve_dynunet,
             notes="pass patch_size= and spacing= (mm) to plan anisotropic kernels/strides like nnU-Net",
+        ),
+        NetworkSpec(
+            name="resunet",
+            description=(
+                "nnU-Net-like residual U-Net with deep supervision (MONAI DynUNet, residual blocks, "
+                "kernels/strides planned from patch size and spacing)"
+            ),
+            spatial_dims=(2, 3),
+            builder=_build_dynunet,
+            default_kwargs={
+                "norm_name": ("instance", {"affine": True}),
+                "act_name": ("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+                "res_block": True,
+                "deep_supervision": True,
+            },
+            size_presets={
+                "tiny": {"filters_base": 4, "filters_max": 64},
+                "small": {"filters_base": 16, "filters_max": 256},
+                "base": {"filters_base": 32, "filters_max": 320},
+            },
+            divisor=16,
+            axis_divisor=_strides_divisor,
+            resolver=_resolve_dynunet,
+            notes=(
+                "training-mode forward returns (B, 1 + heads, C, *spatial): the full-resolution output "
+                "and upsampled deeper heads, which every medunet loss weighs 1, 1/2, 1/4 (normalised); "
+                "eval-mode forward returns the full-resolution logits only"
+            ),
         ),
         NetworkSpec(
             name="attention_unet",
@@ -484,7 +520,7 @@ def valid_patch_size(
     if min(patch_size, default=0) <= 0:
         raise ConfigError(None, f"patch_size must be positive, got {tuple(patch_size)}")
     _check_dims(spec, spatial_dims)
-    plans_from_patch = name == "dynunet" and "strides" not in kwargs
+    plans_from_patch = name in SPACING_PLANNED and "strides" not in kwargs
     if plans_from_patch:
         kwargs.pop("patch_size", None)
     patch = tuple(int(p) for p in patch_size)

@@ -118,6 +118,11 @@ class Plans:
         return self.in_channels * self.slice_stack
 
     @property
+    def deep_supervision(self) -> bool:
+        """Whether the network returns stacked deep-supervision heads while training (``resunet``)."""
+        return bool(self.network_kwargs.get("deep_supervision", False))
+
+    @property
     def organ_names(self) -> list[str]:
         return [self.labels[k] for k in sorted(self.labels) if k != 0]
 

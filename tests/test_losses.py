@@ -243,3 +243,38 @@ def test_dice_is_computed_over_the_batch_so_a_stray_voxel_in_an_organless_patch_
     perfect = build_loss(name, include_background=False)(_perfect_logits(labels, 2), labels)
     assert float(batch - perfect) < 0.05  # (cross-entropy pays ~0.02 for the voxel)
     assert float(per_patch - perfect) > 0.2
+
+
+def test_deep_supervision_weighs_heads_one_half_one_quarter_normalised() -> None:
+    """Known answer: heads equal -> the wrapped loss; distinct heads -> (4 L0 + 2 L1 + 1 L2) / 7."""
+    from medunet.losses import DeepSupervisionLoss
+
+    torch.manual_seed(5)
+    label = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    heads = torch.randn(2, 3, 3, 6, 6, 6)
+    plain = build_loss("dicece")
+    supervised = build_loss("dicece", deep_supervision=True)
+    assert isinstance(supervised, DeepSupervisionLoss)
+    same = heads[:, :1].expand(-1, 3, -1, -1, -1, -1)
+    assert float(supervised(same, label)) == pytest.approx(float(plain(heads[:, 0], label)), abs=1e-6)
+    expected = sum(w * float(plain(heads[:, i], label)) for i, w in enumerate((4 / 7, 2 / 7, 1 / 7)))
+    assert float(supervised(heads, label)) == pytest.approx(expected, abs=1e-6)
+    assert float(supervised(heads[:, 0], label)) == pytest.approx(
+        float(plain(heads[:, 0], label))
+    )  # one output
+
+
+def test_deep_supervision_wraps_the_partial_label_loss() -> None:
+    """Each head gets the marginal loss of a partially contoured case, not the plain one."""
+    from medunet.losses import AnnotatedClasses
+
+    torch.manual_seed(6)
+    label = torch.zeros(1, 1, 6, 6, dtype=torch.long)
+    label[0, 0, :3] = 1
+    flags = AnnotatedClasses()
+    flags.flags = torch.tensor([[True, True, False]])
+    heads = torch.randn(1, 2, 3, 6, 6)
+    partial = build_loss("dicece", annotated=flags)
+    supervised = build_loss("dicece", annotated=flags, deep_supervision=True)
+    expected = (2 * float(partial(heads[:, 0], label)) + float(partial(heads[:, 1], label))) / 3
+    assert float(supervised(heads, label)) == pytest.approx(expected, abs=1e-6)

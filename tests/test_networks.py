@@ -53,10 +53,14 @@ def test_forward_backward_and_state_dict_round_trip(name: str, dims: int) -> Non
     x = _input(name, dims)
     expected = (x.shape[0], 3, *x.shape[2:])
 
-    # train mode: one tensor of logits, and one SGD step moves the first layer's weights
+    # train mode: one tensor of logits (deep supervision: stacked heads, the logits first), and one
+    # SGD step moves the first layer's weights
     net.train()
     out = net(x)
     assert isinstance(out, torch.Tensor)
+    if NETWORKS[name].default_kwargs.get("deep_supervision"):
+        assert out.shape[:2] == (x.shape[0], 3)
+        out = out[:, 0]
     assert tuple(out.shape) == expected
     first = next(p for p in net.parameters() if p.requires_grad)
     before = first.detach().clone()
@@ -101,9 +105,8 @@ def test_bad_arguments_raise_config_error() -> None:
         build_network("flexible_unet", 2, 1, 2, backbone="vgg16")
     with pytest.raises(ConfigError, match="img_size"):
         build_network("swinunetr", 3, 1, 2, img_size=(96, 96, 96))
-    for name in ("dynunet", "unetpp"):
-        with pytest.raises(ConfigError, match="deep_supervision"):
-            build_network(name, 2, 1, 2, size="tiny", deep_supervision=True)
+    with pytest.raises(ConfigError, match="deep_supervision"):
+        build_network("unetpp", 2, 1, 2, size="tiny", deep_supervision=True)
     with pytest.raises(ConfigError, match="in_channels"):
         build_network("unet", 3, 0, 2)
 
@@ -176,3 +179,38 @@ def test_cli_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["networks"]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in network_names()) and "2D/3D" in text
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_resunet_returns_every_supervised_head_while_training_and_one_output_in_eval(dims: int) -> None:
+    """Deep supervision: training mode stacks the full-resolution logits and 2 deeper heads (upsampled
+    to the patch); eval mode (validation, prediction, export) returns the logits alone."""
+    patch = valid_patch_size("resunet", (64, 64, 32)[:dims], spacing=(0.8, 0.8, 2.0)[:dims])
+    net = build_network("resunet", dims, 1, 4, size="tiny", patch_size=patch, spacing=(0.8, 0.8, 2.0)[:dims])
+    assert any("res" in type(m).__name__.lower() for m in net.modules())  # residual blocks
+    x = torch.rand(2, 1, *patch)
+    net.train()
+    assert net(x).shape == (2, 3, 4, *patch)
+    net.eval()
+    with torch.no_grad():
+        assert net(x).shape == (2, 4, *patch)
+    flat = build_network("resunet", dims, 1, 4, size="tiny", deep_supervision=False)
+    flat.train()
+    assert flat(torch.rand(1, 1, *(32,) * dims)).shape == (1, 4, *(32,) * dims)
+
+
+def test_resunet_plans_say_deep_supervision() -> None:
+    from medunet.plans import Plans
+
+    kwargs = resolve_network_kwargs("resunet", 3, size="tiny", patch_size=(32, 32, 32), spacing=(1, 1, 1))
+    plans = Plans(
+        labels={0: "background", 1: "a"},
+        target_spacing=(1, 1, 1),
+        patch_size=(32, 32, 32),
+        network="resunet",
+        network_kwargs=kwargs,
+    )
+    assert plans.deep_supervision and kwargs["deep_supr_num"] == 2
+    assert not Plans(
+        labels={0: "background", 1: "a"}, target_spacing=(1, 1, 1), patch_size=(32, 32, 32)
+    ).deep_supervision

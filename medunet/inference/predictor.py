@@ -50,6 +50,7 @@ from medunet.inference.scores import (
 from medunet.io.digest import recorded_sha256
 from medunet.io.volume import Volume
 from medunet.plans import BODY_HU, Intensity, Plans
+from medunet.precision import autocast, cpu_has_bf16
 from medunet.slices import axial_stacks
 from medunet.transforms import LR_AXIS
 
@@ -142,23 +143,6 @@ def default_sw_batch_size(device: torch.device, spatial_dims: int, engine: str =
     if device.type == "cpu" and spatial_dims == 3:
         return 1 if engine == "openvino" else 2
     return 4
-
-
-def cpu_has_bf16(flags: str | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``).
-
-    Without them oneDNN emulates bf16 by converting to fp32 around every op, so bf16 autocast plus
-    channels-last costs time instead of saving it (measured: no gain on an AVX2-only AMD EPYC).
-    ``flags``: a cpuinfo ``flags`` line to test instead of this machine's.
-    """
-    if flags is None:
-        try:
-            text = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        flags = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith("flags")), "")
-    have = set(flags.split())
-    return bool({"avx512_bf16", "amx_bf16"} & have)
 
 
 class Predictor:
@@ -422,12 +406,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ network
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
-        if not self.amp:
-            return contextlib.nullcontext()
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return autocast(self.device, self.amp)
 
     @property
     def _averages_logits(self) -> bool:

@@ -392,8 +392,9 @@ class MLflowTracker:
         if network is None:
             logger.warning("MLflow: the trainer has no .network; model not logged")
             return
-        network = getattr(network, "module", network)  # DDP
-        model = copy.deepcopy(network).cpu()
+        while isinstance(getattr(network, "module", None), torch.nn.Module):  # DDP, CPU autocast
+            network = network.module
+        model = copy.deepcopy(network).cpu().eval()  # eval: one output, even with deep supervision
         if self.best_checkpoint.is_file():
             from medunet.errors import CheckpointError
             from medunet.training.checkpoint import load_checkpoint

@@ -12,6 +12,7 @@ from medunet.training.components import (
     build_model,
     build_scheduler,
     make_augmentation,
+    training_network,
     wrap_ddp,
 )
 from medunet.training.data import (
@@ -63,6 +64,7 @@ __all__ = [
     "save_checkpoint",
     "setup_environment",
     "train_loader",
+    "training_network",
     "val_dataset",
     "wrap_ddp",
 ]

@@ -13,6 +13,7 @@ from medunet.errors import ConfigError
 from medunet.losses import AnnotatedClasses
 from medunet.networks import build_network
 from medunet.plans import Plans
+from medunet.precision import CpuAutocast
 from medunet.training.environment import TrainingEnv
 from medunet.transforms import Augmentation
 
@@ -31,6 +32,18 @@ def build_model(plans: Plans, env: TrainingEnv) -> torch.nn.Module:
     n = sum(p.numel() for p in net.parameters())
     logger.info("network %s %dD: %.2fM parameters", plans.network, plans.spatial_dims, n / 1e6)
     return net.to(env.device)
+
+
+def training_network(network: torch.nn.Module, env: TrainingEnv, amp: object = True) -> torch.nn.Module:
+    """The network the trainer steps: ``network`` itself, or on a CPU with native bf16 (and ``amp``)
+    the same network under bf16 autocast (:class:`medunet.precision.CpuAutocast`; same parameters,
+    float32 outputs). CUDA autocast is the trainer's own (``amp``/``amp_kwargs``)."""
+    if env.cpu_autocast(amp):
+        logger.info(
+            "training in bf16 autocast on this CPU (native avx512_bf16/amx_bf16); --amp false for fp32"
+        )
+        return CpuAutocast(network)
+    return network
 
 
 def wrap_ddp(network: torch.nn.Module, env: TrainingEnv) -> torch.nn.Module:

@@ -19,6 +19,7 @@ from monai.utils import set_determinism
 
 from medunet.config import as_bool
 from medunet.errors import ConfigError
+from medunet.precision import cpu_has_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,14 @@ class TrainingEnv:
     def use_amp(self, requested: object) -> bool:
         """Mixed precision when asked for (``--amp true|false``) and the device supports it."""
         return as_bool(requested, "amp") and self.amp_available
+
+    def cpu_autocast(self, requested: object) -> bool:
+        """bf16 autocast on a CPU with native bf16 when mixed precision is asked for (``--amp``).
+
+        MONAI's trainer autocasts only on CUDA, so this is carried by the network
+        (:func:`medunet.training.training_network`) and the validator.
+        """
+        return as_bool(requested, "amp") and self.device.type == "cpu" and cpu_has_bf16()
 
     def amp_kwargs(self) -> dict[str, object]:
         """Autocast settings: bfloat16 where the GPU has it. float16 overflowed (NaN loss within a

@@ -21,7 +21,7 @@ from medunet.config import as_bool
 from medunet.data.datalist import Datalist
 from medunet.data.fingerprint import Fingerprint, load_or_compute_fingerprint
 from medunet.errors import ConfigError
-from medunet.networks import patch_divisor, resolve_network_kwargs, valid_patch_size
+from medunet.networks import SPACING_PLANNED, patch_divisor, resolve_network_kwargs, valid_patch_size
 from medunet.plans import Intensity, Plans
 from medunet.training.environment import TrainingEnv
 
@@ -86,7 +86,7 @@ def make_plans(
     else:
         spacing = _floats(target_spacing, 3, "target_spacing")
     size_kw = {"size": network_size}
-    if network == "dynunet":
+    if network in SPACING_PLANNED:
         size_kw["spacing"] = spacing if spatial_dims == 3 else spacing[:2]
     if patch_size is None:
         patch = auto_patch_size(fingerprint, spacing, spatial_dims, network, env.device.type, size_kw)
@@ -95,7 +95,7 @@ def make_plans(
         if len(patch) != spatial_dims:
             raise ConfigError(None, f"patch_size {patch} needs {spatial_dims} entries for {spatial_dims}D")
         patch = valid_patch_size(network, patch, **size_kw)
-    if network == "dynunet":
+    if network in SPACING_PLANNED:
         size_kw["patch_size"] = patch
     kwargs = resolve_network_kwargs(network, spatial_dims, **size_kw)
     plans = Plans(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -14,6 +13,7 @@ from monai.inferers import Inferer, SlidingWindowInferer
 
 from medunet.metrics import MetricsTable, organ_metrics
 from medunet.plans import Plans
+from medunet.precision import autocast, autocast_pays
 from medunet.slices import SliceStackInferer
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,6 @@ def build_inferer(plans: Plans, sw_batch_size: int = 4, overlap: float = 0.5) ->
     if plans.spatial_dims == 2:  # the 2.5D stack is built as the Predictor builds it
         return SliceStackInferer(context=plans.context_slices, **common)
     return SlidingWindowInferer(**common)
-
-
-def _amp_dtype() -> torch.dtype:
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def annotated_labels(labels: dict[int, str], flags: Any = None) -> tuple[dict[int, str], list[str]]:
@@ -74,7 +70,8 @@ class Validator:
         self.data = data
         self.plans = plans
         self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        #: mixed precision where it pays (CUDA; a CPU with native bf16), as the Predictor does
+        self.amp = amp and autocast_pays(self.device)
         self.inferer = build_inferer(plans, sw_batch_size, overlap)
 
     @torch.no_grad()
@@ -88,10 +85,7 @@ class Validator:
         try:
             for i, item in enumerate(self.data):
                 image = torch.as_tensor(item["image"])[None].to(self.device)
-                autocast = (
-                    torch.autocast("cuda", dtype=_amp_dtype()) if self.amp else contextlib.nullcontext()
-                )
-                with autocast:
+                with autocast(self.device, self.amp):
                     logits = self.inferer(image, network)
                 if isinstance(logits, list | tuple):
                     logits = logits[0]

@@ -1,4 +1,4 @@
-"""The training benchmark runs its three pipelines for 2 iterations on a tiny synthetic dataset (never a time)."""
+"""The training benchmark runs its four pipelines for 2 iterations on a tiny synthetic dataset (never a time)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 def test_bench_training_smoke(tmp_path: Path, smoke) -> None:
     out = tmp_path / "training_smoke.json"
     stdout, doc = smoke("bench_training", out)
-    default, equal = doc["rows"]
-    assert (default["extra"]["settings"], equal["extra"]["settings"]) == ("default", "equal")
-    for row in (default, equal):
+    default, equal, equal_bf16 = doc["rows"]
+    assert [r["extra"]["settings"] for r in doc["rows"]] == ["default", "equal", "equal_bf16"]
+    for row in (default, equal, equal_bf16):
         extra = row["extra"]
         assert extra["val_cases"] >= 1 and extra["stock_cached"]  # stock gets the model zoo's CacheDataset
         assert extra["medunet"]["target_spacing"] == extra["stock"]["target_spacing"]
@@ -27,3 +27,10 @@ def test_bench_training_smoke(tmp_path: Path, smoke) -> None:
     assert default["extra"]["medunet"]["spatial_dims"] == 2 and default["extra"]["stock"]["spatial_dims"] == 3
     assert equal["extra"]["medunet"]["spatial_dims"] == 3
     assert equal["extra"]["medunet"]["patch_size"] == equal["extra"]["stock"]["patch_size"]
+    # equal settings are stock's fp32; the bf16 rows are bf16 exactly where the CPU has it natively
+    from medunet.precision import cpu_has_bf16
+
+    assert equal["extra"]["medunet"]["bf16"] is False and equal["extra"]["stock"]["bf16"] is False
+    assert default["extra"]["medunet"]["bf16"] is cpu_has_bf16()
+    assert equal_bf16["extra"]["medunet"]["bf16"] is cpu_has_bf16()
+    assert equal_bf16["extra"]["medunet"]["patch_size"] == equal["extra"]["medunet"]["patch_size"]

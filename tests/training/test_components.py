@@ -211,6 +211,7 @@ def _bundle_trainer(**overrides: Any) -> tuple[Any, Scale]:
         "schedule": types.SimpleNamespace(max_epochs=1),
         "train#dataloader": batches,
         "train#handlers": [],
+        "amp": False,  # known fp32 weights; bf16 autocast on a bf16 CPU is tested on its own
         **overrides,
     }
     for key, value in replace.items():
@@ -231,6 +232,60 @@ def test_gradient_accumulation_from_train_json_known_weights() -> None:
     assert json.loads((BUNDLE / "train.json").read_text())["accumulation_steps"] == 1
     parser.get_parsed_content("train#trainer").run()
     assert float(net.w) == pytest.approx(0.28, abs=1e-6)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_train_json_trains_in_bf16_on_a_cpu_with_native_bf16(native: bool, monkeypatch) -> None:
+    """On a CPU with avx512_bf16/amx_bf16, ``amp`` (the bundle default) puts the trainer's network, the
+    one the pace is measured on and the validator under bf16 autocast; without native bf16, or with
+    ``--amp false``, everything stays fp32 (emulated bf16 was 65x slower)."""
+    import medunet.precision as precision
+    import medunet.training.environment as environment
+    from medunet.precision import CpuAutocast
+
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda flags=None: native)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda flags=None: native)
+    assert json.loads((BUNDLE / "train.json").read_text())["amp"] is True
+    parser, net = _bundle_trainer(amp=True)
+    trainer = parser.get_parsed_content("train#trainer")
+    if native:
+        assert isinstance(trainer.network, CpuAutocast) and trainer.network.module is net
+        assert parser.get_parsed_content("train_network") is trainer.network  # the schedule times it
+    else:
+        assert trainer.network is net
+    assert trainer.amp is False  # MONAI's own AMP is CUDA's (grad scaler); never on a CPU
+    parser["validate#dataset"] = []
+    assert parser.get_parsed_content("validate#validator").amp is native
+    parser, net = _bundle_trainer(amp=False)
+    assert parser.get_parsed_content("train#trainer").network is net
+    parser["validate#dataset"] = []
+    assert parser.get_parsed_content("validate#validator").amp is False
+
+
+@pytest.mark.parametrize("network", ["resunet", "unet"])
+def test_train_json_weighs_deep_supervision_heads_exactly_when_the_network_has_them(network: str) -> None:
+    from monai.bundle import ConfigParser
+
+    from medunet.losses import DeepSupervisionLoss, PartialLabelLoss
+    from medunet.networks import resolve_network_kwargs
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "train.json"))
+    kwargs = resolve_network_kwargs(
+        network, 3, size="tiny", **({"patch_size": (32,) * 3} if network == "resunet" else {})
+    )
+    parser["plans"] = Plans(
+        labels={0: "background", 1: "a"},
+        target_spacing=(1, 1, 1),
+        patch_size=(32, 32, 32),
+        network=network,
+        network_kwargs=kwargs,
+    )
+    loss = parser.get_parsed_content("loss_function")
+    if network == "resunet":
+        assert isinstance(loss, DeepSupervisionLoss) and isinstance(loss.loss, PartialLabelLoss)
+    else:
+        assert isinstance(loss, PartialLabelLoss)
 
 
 @pytest.mark.parametrize("mix", ["cutmix", "mixup"])
